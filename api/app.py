@@ -1,0 +1,74 @@
+"""The ASGI application: routes, lifespan (database, pub/sub), health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from api.core.db import Database, migrate
+from api.core.pubsub import PubSub
+from api.core.security import derive_keys
+from api.core.settings import Settings
+from api.graphiql import static_app
+from api.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(request: Request) -> Response:
+    """200 when the database answers, 503 otherwise."""
+    state: AppState = request.app.state.chat
+    if await state.db.ping():
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503)
+
+
+async def root(request: Request) -> Response:
+    return RedirectResponse("/graphql")
+
+
+def create_app(settings: Settings | None = None, *, run_migrations: bool | None = None) -> Starlette:
+    """Build the app; nothing connects until the lifespan starts.
+
+    Migrations run at start-up on the embedded SQLite database by default; on PostgreSQL they
+    are a deliberate step (`chat-backend migrate` or `serve --migrate`).
+    """
+    settings = settings or Settings()
+    settings.check()
+    if run_migrations is None:
+        run_migrations = settings.uses_embedded_database
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        url = settings.effective_database_url
+        if run_migrations:
+            await migrate(url)
+        db = Database(url, pool_size=settings.database_pool_size)
+        pubsub = PubSub(settings.broadcast_url, queue_size=settings.subscriber_queue_size)
+        await pubsub.connect()
+        app.state.chat = AppState(
+            settings=settings, keys=derive_keys(settings.secret), db=db, pubsub=pubsub
+        )
+        try:
+            yield
+        finally:
+            await pubsub.disconnect()
+            await db.dispose()
+
+    from schema.view import create_view
+
+    view = create_view(settings)
+    routes = [
+        Route("/", root),
+        Route("/healthz", healthz),
+        Mount("/graphql/static", static_app(), name="graphiql-static"),
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,62 @@
+"""Tables of the chat module: rooms, their members and their messages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from api.core.db import UTCDateTime, utcnow
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Room(SQLModel, table=True):
+    __tablename__ = "rooms"
+    __table_args__ = (Index("ix_rooms_last_activity", "last_activity_at", "id"),)
+
+    id: uuid.UUID = Field(primary_key=True)
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    # Highest seq handed out; the UPDATE that bumps it locks the row, so seq order is commit order.
+    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
+    last_activity_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class RoomMember(SQLModel, table=True):
+    __tablename__ = "room_members"
+    __table_args__ = (Index("ix_room_members_user", "user_id", "room_id"),)
+
+    room_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
+    )
+    user_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    )
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # Also the index that serves history: keyset pages walk (room_id, seq).
+        UniqueConstraint("room_id", "seq", name="uq_messages_room_seq"),
+        UniqueConstraint(
+            "room_id", "sender_id", "client_message_id", name="uq_messages_room_sender_client_id"
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
+    room_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False)
+    )
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sender_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    type: str = Field(sa_column=Column(String(32), nullable=False))
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    client_message_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))

@@ -1,0 +1,315 @@
+"""The only module that touches broadcaster: channel fan-out hardened against its known defects.
+
+broadcaster supplies the transports (memory, Redis). Its `Broadcast` front end is replaced here
+because of four defects (see ARCHITECTURE.md):
+
+* redis-py 8: the Redis listener started listening before the first channel was registered,
+  returned at once and never ran again, so the first subscriber got nothing.
+* Concurrent subscribes to an empty channel raced; one subscriber silently got nothing.
+* A dropped broker connection killed the listener task and every subscriber hung forever.
+* Each subscriber's queue was unbounded, so one slow client grew memory without limit.
+
+The cure for lost events is the same everywhere: a subscriber receives `RESYNC`, meaning "you
+may have missed something; read what you missed from the database". PostgreSQL is the source of
+truth, pub/sub only wakes subscribers up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from urllib.parse import urlparse
+
+from broadcaster._backends.base import BroadcastBackend
+from broadcaster._backends.memory import MemoryBackend
+from broadcaster._backends.redis import RedisBackend
+from broadcaster._base import Event
+from redis import asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+RESYNC: Final = _Marker("RESYNC")
+"""Delivered instead of events that may have been lost; the subscriber re-reads the database."""
+
+_CLOSED: Final = _Marker("CLOSED")
+
+
+class _BrokerFailed(Exception):
+    """The backend's listener stopped; the hub reconnects."""
+
+
+class HardenedRedisBackend(RedisBackend):
+    """broadcaster's Redis backend, with its listener fixed for redis-py 8 and failures surfaced."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        # No silent retries inside redis-py: a reconnect it did on its own would drop the
+        # messages published meanwhile without telling anyone. We reconnect and resync instead.
+        self._conn = aioredis.Redis.from_url(
+            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, socket_keepalive=True
+        )
+        self._pubsub = self._conn.pubsub()
+        self._failure: asyncio.Queue[BaseException] | None = None
+
+    async def subscribe(self, channel: str) -> None:
+        await self._pubsub.subscribe(channel)
+        # Wake the listener only once the channel is registered: redis-py 8's listen() returns
+        # immediately while nothing is subscribed (the first-subscriber bug).
+        self._ready.set()
+
+    async def next_published(self) -> Event:
+        item: Any = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise _BrokerFailed(str(item)) from item
+        event: Event = item
+        return event
+
+    async def _pubsub_listener(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                async for message in self._pubsub.listen():
+                    if message["type"] == "message":
+                        self._queue.put_nowait(
+                            Event(channel=message["channel"].decode(), message=message["data"].decode())
+                        )
+                # listen() returned: nothing is subscribed. Sleep until a subscribe wakes us,
+                # unless one slipped in while listen() was returning.
+                if not self._pubsub.subscribed:
+                    self._ready.clear()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure is handed to the hub
+            self._queue.put_nowait(error)  # type: ignore[arg-type]
+
+    async def disconnect(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        for close in (self._pubsub.aclose, self._conn.aclose):
+            try:
+                await close()
+            except Exception as error:  # noqa: BLE001 - closing a dead connection may fail
+                log.debug("closing redis connection: %s", error)
+
+
+def create_backend(url: str) -> BroadcastBackend:
+    """The broadcaster backend for a BROADCAST_URL (memory:// or redis://)."""
+    scheme = urlparse(url).scheme
+    if scheme in ("redis", "rediss"):
+        return HardenedRedisBackend(url)
+    if scheme == "memory":
+        return MemoryBackend(url)
+    raise ValueError(f"Unsupported BROADCAST_URL scheme {scheme!r}: use memory:// or redis://")
+
+
+class Subscription:
+    """One subscriber's bounded queue of messages (str) and RESYNC markers."""
+
+    def __init__(self, channel: str, maxsize: int) -> None:
+        self.channel = channel
+        self._queue: asyncio.Queue[str | _Marker] = asyncio.Queue()
+        self._maxsize = maxsize
+        self.overflows = 0
+
+    def deliver(self, message: str | _Marker) -> None:
+        """Queue a message; a full queue is replaced by one RESYNC, so memory stays bounded."""
+        if self._queue.qsize() >= self._maxsize:
+            self.overflows += 1
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(RESYNC)
+        self._queue.put_nowait(message)
+
+    def close(self) -> None:
+        """End iteration after whatever is queued."""
+        self._queue.put_nowait(_CLOSED)
+
+    def pending(self) -> int:
+        """How many items wait in the queue."""
+        return self._queue.qsize()
+
+    def __aiter__(self) -> AsyncIterator[str | _Marker]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str | _Marker]:
+        while True:
+            item = await self._queue.get()
+            if item is _CLOSED:
+                return
+            yield item
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.subscribers: set[Subscription] = set()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class PubSub:
+    """Channel fan-out over a broadcaster backend, with reconnection and bounded queues."""
+
+    def __init__(self, url: str, *, queue_size: int = 256, reconnect_delay: float = 0.2) -> None:
+        self.url = url
+        self.queue_size = queue_size
+        self.reconnect_delay = reconnect_delay
+        self.reconnects = 0
+        self._backend: BroadcastBackend | None = None
+        self._channels: dict[str, _Channel] = {}
+        # Serialises SUBSCRIBE/UNSUBSCRIBE so they reach the broker in the order they were decided.
+        self._command_lock = asyncio.Lock()
+        self._listener: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    @property
+    def channel_count(self) -> int:
+        """How many channels have at least one local subscriber."""
+        return len(self._channels)
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many local subscriptions are open."""
+        return sum(len(state.subscribers) for state in self._channels.values())
+
+    async def connect(self) -> None:
+        """Connect to the broker and start the listener (and its watchdog)."""
+        self._backend = create_backend(self.url)
+        try:
+            await self._backend.connect()
+            self._connected.set()
+        except Exception as error:  # noqa: BLE001 - start anyway; the watchdog keeps trying
+            log.warning("pub/sub broker unavailable at start (%s); will keep retrying", error)
+        self._listener = asyncio.create_task(self._listen(), name="pubsub-listener")
+
+    async def disconnect(self) -> None:
+        """Stop listening, end every subscription and close the broker connection."""
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+        for state in self._channels.values():
+            for subscription in state.subscribers:
+                subscription.close()
+        if self._backend is not None:
+            await self._backend.disconnect()
+
+    async def publish(self, channel: str, message: str) -> bool:
+        """Publish; False when the broker is unreachable (subscribers resync when it returns)."""
+        backend = self._backend
+        if backend is None or not self._connected.is_set():
+            return False
+        try:
+            await backend.publish(channel, message)
+        except Exception as error:  # noqa: BLE001 - a lost wake-up is repaired by RESYNC
+            log.warning("publish to %s failed: %s", channel, error)
+            return False
+        return True
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        """Subscribe to a channel; the broker subscription is in place when this returns."""
+        subscription = Subscription(channel, self.queue_size)
+        state = self._channels.get(channel)
+        if state is None:
+            # Registered before the first await, so a concurrent subscriber joins this state
+            # instead of racing to create its own (encode/broadcaster#142).
+            state = self._channels[channel] = _Channel()
+            state.subscribers.add(subscription)
+            try:
+                async with self._command_lock:
+                    if self._backend is not None and self._connected.is_set():
+                        await self._backend.subscribe(channel)
+            except Exception as error:  # noqa: BLE001 - the watchdog resubscribes on reconnect
+                log.warning("subscribe to %s failed: %s", channel, error)
+            state.ready.set_result(None)
+        else:
+            state.subscribers.add(subscription)
+            await asyncio.shield(state.ready)
+        try:
+            yield subscription
+        finally:
+            await self._leave(channel, subscription)
+
+    async def _leave(self, channel: str, subscription: Subscription) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        state.subscribers.discard(subscription)
+        if state.subscribers:
+            return
+        del self._channels[channel]
+        try:
+            async with self._command_lock:
+                if self._backend is not None and self._connected.is_set():
+                    await self._backend.unsubscribe(channel)
+        except Exception as error:  # noqa: BLE001 - a dead broker forgets subscriptions anyway
+            log.debug("unsubscribe from %s failed: %s", channel, error)
+
+    def _dispatch(self, event: Event) -> None:
+        state = self._channels.get(event.channel)
+        if state is None:
+            return
+        for subscription in state.subscribers:
+            subscription.deliver(event.message)
+
+    def _resync_all(self) -> None:
+        for state in self._channels.values():
+            for subscription in state.subscribers:
+                subscription.deliver(RESYNC)
+
+    async def _listen(self) -> None:
+        while True:
+            backend = self._backend
+            assert backend is not None
+            if self._connected.is_set():
+                try:
+                    while True:
+                        self._dispatch(await backend.next_published())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - the watchdog: reconnect, then resync
+                    log.warning("pub/sub broker connection lost (%s); reconnecting", error)
+            await self._reconnect(backend)
+
+    async def _reconnect(self, failed: BroadcastBackend) -> None:
+        self._connected.clear()
+        await failed.disconnect()
+        delay = self.reconnect_delay
+        while True:
+            backend = create_backend(self.url)
+            try:
+                await backend.connect()
+                async with self._command_lock:
+                    for channel in list(self._channels):
+                        await backend.subscribe(channel)
+                    if isinstance(backend, HardenedRedisBackend):
+                        # Proves the connection works even when no channel is subscribed.
+                        await backend._conn.ping()
+            except Exception as error:  # noqa: BLE001 - keep trying until the broker is back
+                log.info("pub/sub broker still unavailable (%s); retrying in %.1fs", error, delay)
+                await backend.disconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._backend = backend
+            self._connected.set()
+            self.reconnects += 1
+            log.warning("pub/sub broker connection restored; subscribers resync")
+            # Anything published while we were away is gone from the broker: refill from the DB.
+            self._resync_all()
+            return

@@ -1,0 +1,126 @@
+"""Configuration from environment variables (and an optional .env file)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from datetime import timedelta
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 32
+
+
+class Environment(StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class ConfigurationError(RuntimeError):
+    """The configuration cannot run; the message says what to set."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each one is documented in the README's table."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Environment = Environment.DEVELOPMENT
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    broadcast_url: str = "memory://"
+    secret_key: str = ""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cookie_secure: bool | None = None
+    pbkdf2_iterations: int = Field(default=600_000, ge=1)
+    session_ttl: timedelta = timedelta(days=3)
+    graphiql: bool | None = None
+    message_max_length: int = Field(default=4000, ge=1)
+    database_pool_size: int = Field(default=10, ge=1)
+    subscriber_queue_size: int = Field(default=256, ge=1)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # A comma-separated list is what people type into an environment variable.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment is Environment.PRODUCTION
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'chat.db'}"
+
+    @property
+    def effective_cookie_secure(self) -> bool:
+        return self.is_production if self.cookie_secure is None else self.cookie_secure
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return (not self.is_production) if self.graphiql is None else self.graphiql
+
+    @property
+    def cookie_name(self) -> str:
+        # The __Host- prefix makes browsers refuse the cookie unless Secure, Path=/ and no Domain.
+        return "__Host-session" if self.effective_cookie_secure else "session"
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @cached_property
+    def secret(self) -> bytes:
+        """The master secret; production requires it, development keeps one in the data folder."""
+        if self.secret_key:
+            raw = self.secret_key.encode()
+            if len(raw) < MIN_SECRET_BYTES:
+                raise ConfigurationError(
+                    f"SECRET_KEY must be at least {MIN_SECRET_BYTES} bytes long "
+                    f"(it is {len(raw)}). Generate one with: "
+                    "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+                )
+            return raw
+        if self.is_production:
+            raise ConfigurationError(
+                "SECRET_KEY is required when ENVIRONMENT=production (at least "
+                f"{MIN_SECRET_BYTES} bytes). Generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return self._development_secret()
+
+    def _development_secret(self) -> bytes:
+        # Kept on disk so sessions survive a restart of the development server.
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_bytes().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            # Another worker won the race; use the secret it wrote.
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(value)
+        log.warning(
+            "SECRET_KEY is not set: generated a development secret in %s. "
+            "Set SECRET_KEY in production.",
+            path,
+        )
+        return value
+
+    def check(self) -> None:
+        """Fail fast, with a clear message, on a configuration that cannot run."""
+        _ = self.secret

@@ -1,0 +1,11 @@
+"""Limits of the accounts module."""
+
+import re
+
+NAME_MIN_LENGTH = 3
+NAME_MAX_LENGTH = 32
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 1024
+USER_AGENT_MAX_LENGTH = 512
+SIGN_IN_FAILED = "Wrong name or password."

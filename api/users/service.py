@@ -1,0 +1,293 @@
+"""Accounts: sign-up, sign-in, sessions and the checks every authenticated request makes."""
+
+from __future__ import annotations
+
+import asyncio
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from api.core import security
+from api.core.db import Database, utcnow
+from api.core.errors import BadUserInput, Conflict, Unauthenticated
+from api.core.security import Keys, TokenClaims
+from api.users.constants import (
+    NAME_MAX_LENGTH,
+    NAME_MIN_LENGTH,
+    PASSWORD_MAX_LENGTH,
+    PASSWORD_MIN_LENGTH,
+    SIGN_IN_FAILED,
+    USER_AGENT_MAX_LENGTH,
+)
+from api.users.models import User, UserSession
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    """Who is calling: the user and the session (device) the token belongs to."""
+
+    user: User
+    session: UserSession
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    """A freshly signed session: the cookie value to set and when it expires."""
+
+    user: User
+    session: UserSession
+    cookie_value: str
+    expires_at: datetime
+
+
+def normalize_name(name: str) -> str:
+    """The display form of a name: Unicode NFKC (fullwidth letters become ASCII)."""
+    return unicodedata.normalize("NFKC", name)
+
+
+def name_key(name: str) -> str:
+    """The uniqueness key of a name: NFKC, casefolded, NFKC again (casefold can denormalize)."""
+    return unicodedata.normalize("NFKC", normalize_name(name).casefold())
+
+
+def validate_name(name: str) -> str:
+    """Return the normalized name, or raise BadUserInput saying what is wrong."""
+    normalized = normalize_name(name)
+    if not NAME_MIN_LENGTH <= len(normalized) <= NAME_MAX_LENGTH:
+        raise BadUserInput(
+            f"Name must be {NAME_MIN_LENGTH} to {NAME_MAX_LENGTH} characters long."
+        )
+    if not all(ch.isalpha() or ch in "0123456789_.-" for ch in normalized):
+        raise BadUserInput("Name may contain only letters, digits, '_', '.' and '-'.")
+    return normalized
+
+
+def validate_password(password: str) -> None:
+    """Raise BadUserInput unless the password has an acceptable length."""
+    if not PASSWORD_MIN_LENGTH <= len(password) <= PASSWORD_MAX_LENGTH:
+        raise BadUserInput(
+            f"Password must be {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters long."
+        )
+
+
+@lru_cache(maxsize=8)
+def _decoy_hash(pepper: bytes, iterations: int) -> str:
+    # Verified against when the name is unknown, so both failures cost the same work.
+    return security.hash_password("decoy password", pepper=pepper, iterations=iterations)
+
+
+async def _hash(password: str, *, keys: Keys, iterations: int) -> str:
+    # PBKDF2 at 600k iterations takes hundreds of milliseconds: keep it off the event loop.
+    return await asyncio.to_thread(
+        security.hash_password, password, pepper=keys.pepper, iterations=iterations
+    )
+
+
+async def _verify(password: str, encoded: str, *, keys: Keys) -> bool:
+    return await asyncio.to_thread(security.verify_password, password, encoded, pepper=keys.pepper)
+
+
+def _clip_user_agent(user_agent: str | None) -> str | None:
+    return user_agent[:USER_AGENT_MAX_LENGTH] if user_agent else None
+
+
+def _issue(user: User, session: UserSession, *, keys: Keys) -> IssuedSession:
+    claims = TokenClaims(
+        user_id=str(user.id),
+        session_id=str(session.id),
+        jti=session.jti,
+        issued_at=utcnow(),
+        expires_at=session.expires_at,
+    )
+    token = security.encode_token(claims, key=keys.jwt)
+    cookie_value = security.encrypt_cookie(token, key=keys.cookie)
+    return IssuedSession(user=user, session=session, cookie_value=cookie_value, expires_at=session.expires_at)
+
+
+def _new_session(user: User, *, ttl: timedelta, user_agent: str | None) -> UserSession:
+    now = utcnow()
+    # Whole seconds, because the JWT's exp claim has no fractions.
+    expires_at = (now + ttl).replace(microsecond=0)
+    return UserSession(
+        user_id=user.id,
+        jti=security.new_token_id(),
+        created_at=now,
+        expires_at=expires_at,
+        user_agent=_clip_user_agent(user_agent),
+    )
+
+
+async def sign_up(
+    *,
+    db: Database,
+    keys: Keys,
+    name: str,
+    password: str,
+    iterations: int,
+    ttl: timedelta,
+    user_agent: str | None = None,
+) -> IssuedSession:
+    """Create an account and its first session; CONFLICT when the name is taken."""
+    display_name = validate_name(name)
+    validate_password(password)
+    key = name_key(display_name)
+    async with db.session() as session:
+        taken = await session.scalar(select(User.id).where(User.name_key == key))
+    if taken is not None:
+        raise Conflict("That name is taken.")
+    password_hash = await _hash(password, keys=keys, iterations=iterations)
+    user = User(name=display_name, name_key=key, password_hash=password_hash)
+    try:
+        async with db.session() as session:
+            session.add(user)
+            await session.flush()
+            user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
+            session.add(user_session)
+    except IntegrityError as error:
+        # Two sign-ups for the same name raced; the unique index decided.
+        raise Conflict("That name is taken.") from error
+    return _issue(user, user_session, keys=keys)
+
+
+async def sign_in(
+    *,
+    db: Database,
+    keys: Keys,
+    name: str,
+    password: str,
+    iterations: int,
+    ttl: timedelta,
+    user_agent: str | None = None,
+) -> IssuedSession:
+    """Open a new session; unknown name and wrong password fail alike, at the same cost."""
+    if not name or len(name) > 4 * NAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
+        raise Unauthenticated(SIGN_IN_FAILED)
+    async with db.session() as session:
+        user = await session.scalar(select(User).where(User.name_key == name_key(name)))
+    encoded = user.password_hash if user else _decoy_hash(keys.pepper, iterations)
+    valid = await _verify(password, encoded, keys=keys)
+    if user is None or not valid:
+        raise Unauthenticated(SIGN_IN_FAILED)
+    new_hash = None
+    if security.password_needs_rehash(user.password_hash, iterations=iterations):
+        # The iteration count was raised since this hash was made: upgrade it now.
+        new_hash = await _hash(password, keys=keys, iterations=iterations)
+    async with db.session() as session:
+        if new_hash is not None:
+            await session.execute(
+                update(User).where(User.id == user.id).values(password_hash=new_hash)
+            )
+            user.password_hash = new_hash
+        user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
+        session.add(user_session)
+    return _issue(user, user_session, keys=keys)
+
+
+def read_token(cookie_value: str, *, keys: Keys) -> TokenClaims:
+    """Decrypt a cookie value and verify the JWT inside; Unauthenticated on any failure."""
+    try:
+        token = security.decrypt_cookie(cookie_value, key=keys.cookie)
+        return security.decode_token(token, key=keys.jwt)
+    except security.InvalidToken as error:
+        raise Unauthenticated("Your session is invalid; sign in again.") from error
+
+
+async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authenticated:
+    """Resolve a cookie value to its live session and user; Unauthenticated otherwise."""
+    claims = read_token(cookie_value, keys=keys)
+    try:
+        session_id = uuid.UUID(claims.session_id)
+        user_id = uuid.UUID(claims.user_id)
+    except ValueError as error:
+        raise Unauthenticated() from error
+    async with db.session() as session:
+        row = (
+            await session.execute(
+                select(UserSession, User)
+                .join(User, User.id == UserSession.user_id)
+                .where(UserSession.id == session_id, UserSession.user_id == user_id)
+            )
+        ).first()
+    if row is None:
+        raise Unauthenticated("Your session has ended; sign in again.")
+    user_session, user = row
+    if (
+        user_session.revoked_at is not None
+        or user_session.expires_at <= utcnow()
+        or user_session.jti != claims.jti
+    ):
+        # A revoked session, an expired one, or a token that a refresh replaced.
+        raise Unauthenticated("Your session has ended; sign in again.")
+    return Authenticated(user=user, session=user_session)
+
+
+async def sign_out(*, db: Database, session_id: uuid.UUID) -> None:
+    """Revoke a session: its tokens stop working at once."""
+    async with db.session() as session:
+        await session.execute(
+            update(UserSession)
+            .where(UserSession.id == session_id, UserSession.revoked_at.is_(None))  # type: ignore[union-attr]
+            .values(revoked_at=utcnow())
+        )
+
+
+async def refresh_session(
+    *, db: Database, keys: Keys, auth: Authenticated, ttl: timedelta
+) -> IssuedSession:
+    """Give the current session a new token (new jti and expiry); the old token stops working."""
+    now = utcnow()
+    jti = security.new_token_id()
+    expires_at = (now + ttl).replace(microsecond=0)
+    async with db.session() as session:
+        result = await session.execute(
+            update(UserSession)
+            .where(
+                UserSession.id == auth.session.id,
+                UserSession.jti == auth.session.jti,
+                UserSession.revoked_at.is_(None),  # type: ignore[union-attr]
+            )
+            .values(jti=jti, expires_at=expires_at)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            # A concurrent refresh or sign-out got there first.
+            raise Unauthenticated("Your session has ended; sign in again.")
+        user_session = await session.get(UserSession, auth.session.id, populate_existing=True)
+    assert user_session is not None
+    return _issue(auth.user, user_session, keys=keys)
+
+
+async def find_user_by_name(*, db: Database, name: str) -> User | None:
+    """The user with that name (compared as the uniqueness key), or None."""
+    if not name or len(name) > 4 * NAME_MAX_LENGTH:
+        return None
+    async with db.session() as session:
+        return await session.scalar(select(User).where(User.name_key == name_key(name)))
+
+
+async def get_users(*, db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, User]:
+    """Users by id, in one query."""
+    if not ids:
+        return {}
+    async with db.session() as session:
+        users = (await session.scalars(select(User).where(User.id.in_(ids)))).all()  # type: ignore[attr-defined]
+    return {user.id: user for user in users}
+
+
+async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[UserSession]:
+    """The user's sessions that are neither revoked nor expired, newest first."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(UserSession)
+            .where(
+                UserSession.user_id == user_id,
+                UserSession.revoked_at.is_(None),  # type: ignore[union-attr]
+                UserSession.expires_at > utcnow(),
+            )
+            .order_by(UserSession.created_at.desc())  # type: ignore[attr-defined]
+        )
+        return list(rows.all())

@@ -1,0 +1,46 @@
+"""The GraphQL schema: types and thin resolvers over the services in api/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import AddValidationRules, SchemaExtension
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+from graphql.validation import NoSchemaIntrospectionCustomRule
+
+from schema.chat import ChatMutation, ChatQuery, ChatSubscription
+from schema.errors import format_errors
+from schema.users import UsersMutation, UsersQuery
+
+Query = merge_types("Query", (UsersQuery, ChatQuery))
+Mutation = merge_types("Mutation", (UsersMutation, ChatMutation))
+
+
+class ChatSchema(strawberry.Schema):
+    """Strawberry schema whose errors carry the contract's codes and never leak internals."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        format_errors(errors)
+
+
+def build_schema(*, production: bool = False, extensions: list[Any] | None = None) -> ChatSchema:
+    """The schema; production turns off introspection and field suggestions."""
+    all_extensions: list[type[SchemaExtension] | SchemaExtension] = list(extensions or [])
+    if production:
+        all_extensions.append(AddValidationRules([NoSchemaIntrospectionCustomRule]))
+    return ChatSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=ChatSubscription,
+        extensions=all_extensions,
+        config=StrawberryConfig(disable_field_suggestions=production),
+    )
+
+
+schema = build_schema()

@@ -1,0 +1,113 @@
+"""The per-request (or per-WebSocket-connection) context handed to resolvers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+from strawberry.types import Info as StrawberryInfo
+
+from api.core.errors import Unauthenticated
+from api.state import AppState
+from api.users import service as users
+from api.users.service import Authenticated, IssuedSession
+
+BEARER_PREFIX = "bearer "
+
+
+def _bearer(value: object) -> str | None:
+    if isinstance(value, str) and value[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+        return value[len(BEARER_PREFIX) :].strip() or None
+    return None
+
+
+@dataclass
+class Context:
+    """What resolvers may use: the app's state, the caller's session, the HTTP response."""
+
+    request: Request | WebSocket
+    response: Response | WebSocket
+    state: AppState
+    # Filled by strawberry with the connection_init payload on WebSocket connections.
+    connection_params: dict[str, Any] | None = None
+    _auth: Authenticated | None = None
+    _auth_checked: bool = False
+    _auth_error: Unauthenticated | None = field(default=None, repr=False)
+
+    @property
+    def is_websocket(self) -> bool:
+        return isinstance(self.request, WebSocket)
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.request.headers.get("user-agent")
+
+    def credential(self) -> str | None:
+        """The encrypted session value: cookie, `Authorization: Bearer`, or connection_init."""
+        params = self.connection_params or {}
+        from_params = _bearer(params.get("authorization") or params.get("Authorization"))
+        return (
+            from_params
+            or _bearer(self.request.headers.get("authorization"))
+            or self.request.cookies.get(self.state.settings.cookie_name)
+        )
+
+    async def auth(self) -> Authenticated | None:
+        """The caller's live session, checked once per request (or per connection)."""
+        if not self._auth_checked:
+            value = self.credential()
+            if value:
+                try:
+                    self._auth = await users.authenticate(
+                        db=self.state.db, keys=self.state.keys, cookie_value=value
+                    )
+                except Unauthenticated as error:
+                    self._auth_error = error
+            self._auth_checked = True
+        return self._auth
+
+    async def require_auth(self) -> Authenticated:
+        """The caller's live session, or UNAUTHENTICATED."""
+        auth = await self.auth()
+        if auth is None:
+            raise self._auth_error or Unauthenticated()
+        return auth
+
+    def forget_auth(self) -> None:
+        """Drop the cached session, e.g. after sign-out."""
+        self._auth = None
+        self._auth_checked = True
+
+    def set_session_cookie(self, issued: IssuedSession) -> None:
+        """Set the session cookie on the HTTP response (no-op over WebSocket)."""
+        self._auth = Authenticated(user=issued.user, session=issued.session)
+        self._auth_checked = True
+        if isinstance(self.response, Response):
+            settings = self.state.settings
+            self.response.set_cookie(
+                settings.cookie_name,
+                issued.cookie_value,
+                max_age=int(settings.session_ttl.total_seconds()),
+                path="/",
+                secure=settings.effective_cookie_secure,
+                httponly=True,
+                samesite="lax",
+            )
+
+    def clear_session_cookie(self) -> None:
+        """Delete the session cookie, with the attributes it was set with."""
+        if isinstance(self.response, Response):
+            settings = self.state.settings
+            self.response.delete_cookie(
+                settings.cookie_name,
+                path="/",
+                secure=settings.effective_cookie_secure,
+                httponly=True,
+                samesite="lax",
+            )
+
+
+Info = StrawberryInfo[Context, None]

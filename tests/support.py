@@ -1,0 +1,264 @@
+"""Test helpers: a GraphQL client over HTTP, WebSocket clients for both protocols, servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+
+from api.app import create_app
+from api.core.settings import Settings
+
+PASSWORD = "correct horse battery"
+
+SIGN_UP = """
+mutation SignUp($name: String!, $password: String!) {
+  signUp(name: $name, password: $password) { user { id name createdAt } expiresAt }
+}
+"""
+SIGN_IN = """
+mutation SignIn($name: String!, $password: String!) {
+  signIn(name: $name, password: $password) { user { id name } expiresAt }
+}
+"""
+ME = "query { me { id name } }"
+
+_names = itertools.count()
+
+
+def unique_name(prefix: str = "u") -> str:
+    """A fresh, valid user name."""
+    return f"{prefix}{next(_names)}_{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class GraphQLClient:
+    """An HTTP client with its own cookie jar (one browser, one device)."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        self.base_url = base_url
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30, **kwargs)
+        self.user: dict[str, Any] | None = None
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        response = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, **kwargs
+        )
+        assert response.status_code == 200, (response.status_code, response.text)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def data(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        """The data of a query that must succeed."""
+        body = await self.post(query, variables, **kwargs)
+        assert not body.get("errors"), body
+        return body["data"]
+
+    async def error(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The single error of a query that must fail."""
+        body = await self.post(query, variables, **kwargs)
+        assert body.get("errors"), body
+        error: dict[str, Any] = body["errors"][0]
+        return error
+
+    @property
+    def session_cookie(self) -> str:
+        values = [cookie.value for cookie in self.http.cookies.jar if "session" in cookie.name]
+        assert values, "no session cookie"
+        return values[0]
+
+    async def sign_up(self, name: str | None = None, password: str = PASSWORD) -> dict[str, Any]:
+        name = name or unique_name()
+        data = await self.data(SIGN_UP, {"name": name, "password": password})
+        self.user = data["signUp"]["user"]
+        return self.user  # type: ignore[return-value]
+
+    async def sign_in(self, name: str, password: str = PASSWORD) -> dict[str, Any]:
+        data = await self.data(SIGN_IN, {"name": name, "password": password})
+        self.user = data["signIn"]["user"]
+        return self.user  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class WSClosed(Exception):
+    def __init__(self, code: int | None, reason: str) -> None:
+        super().__init__(f"closed {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class GraphQLWebSocket:
+    """A minimal client of graphql-transport-ws (default) or the legacy graphql-ws protocol."""
+
+    def __init__(self, connection: websockets.ClientConnection, protocol: str) -> None:
+        self.connection = connection
+        self.protocol = protocol
+        self._ids = itertools.count(1)
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.closed: asyncio.Future[WSClosed] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        *,
+        cookie: str | None = None,
+        cookie_name: str = "session",
+        payload: dict[str, Any] | None = None,
+        protocol: str = "graphql-transport-ws",
+        origin: str | None = None,
+        init: bool = True,
+    ) -> AsyncIterator[GraphQLWebSocket]:
+        headers = {}
+        if cookie:
+            headers["Cookie"] = f"{cookie_name}={cookie}"
+        if origin:
+            headers["Origin"] = origin
+        async with websockets.connect(
+            url, subprotocols=[protocol], additional_headers=headers, max_size=2**22  # type: ignore[list-item]
+        ) as connection:
+            client = cls(connection, protocol)
+            if init:
+                await client.init(payload)
+            try:
+                yield client
+            finally:
+                if client._reader is not None:
+                    client._reader.cancel()
+
+    async def init(self, payload: dict[str, Any] | None = None) -> None:
+        await self.send({"type": "connection_init", "payload": payload or {}})
+        while True:
+            message = await self.recv_raw()
+            if message["type"] == "connection_ack":
+                break
+            if message["type"] == "ka":
+                continue
+            raise AssertionError(f"unexpected {message}")
+        self._reader = asyncio.create_task(self._read())
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.connection.send(json.dumps(message))
+
+    async def recv_raw(self) -> dict[str, Any]:
+        try:
+            raw = await self.connection.recv()
+        except websockets.ConnectionClosed as error:
+            raise WSClosed(error.rcvd.code if error.rcvd else None, error.rcvd.reason if error.rcvd else "") from error
+        message: dict[str, Any] = json.loads(raw)
+        return message
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await self.recv_raw()
+                if message["type"] in ("ping",):
+                    await self.send({"type": "pong"})
+                    continue
+                if message["type"] == "ka":
+                    continue
+                queue = self._queues.get(message.get("id", ""))
+                if queue is not None:
+                    queue.put_nowait(message)
+        except WSClosed as closed:
+            if not self.closed.done():
+                self.closed.set_result(closed)
+            for queue in self._queues.values():
+                queue.put_nowait({"type": "closed", "code": closed.code})
+
+    async def subscribe(self, query: str, variables: dict[str, Any] | None = None) -> Subscription:
+        op_id = str(next(self._ids))
+        self._queues[op_id] = asyncio.Queue()
+        kind = "subscribe" if self.protocol == "graphql-transport-ws" else "start"
+        await self.send({"type": kind, "id": op_id, "payload": {"query": query, "variables": variables or {}}})
+        return Subscription(self, op_id)
+
+
+class Subscription:
+    """One operation on a socket: next() returns its next result (data or errors)."""
+
+    def __init__(self, socket: GraphQLWebSocket, op_id: str) -> None:
+        self.socket = socket
+        self.id = op_id
+
+    async def next_message(self, timeout: float = 10) -> dict[str, Any]:
+        return await asyncio.wait_for(self.socket._queues[self.id].get(), timeout)
+
+    async def next(self, timeout: float = 10) -> dict[str, Any]:
+        """The next payload; fails on complete, error or close."""
+        message = await self.next_message(timeout)
+        assert message["type"] in ("next", "data"), message
+        payload: dict[str, Any] = message["payload"]
+        return payload
+
+    async def data(self, timeout: float = 10) -> Any:
+        payload = await self.next(timeout)
+        assert not payload.get("errors"), payload
+        return payload["data"]
+
+    async def stop(self) -> None:
+        kind = "complete" if self.socket.protocol == "graphql-transport-ws" else "stop"
+        await self.socket.send({"type": kind, "id": self.id})
+
+
+class RunningServer:
+    """A uvicorn server on a free port, in this event loop."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws_per_message_deflate=False)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings, **kwargs: Any) -> AsyncIterator[RunningServer]:
+    """Start the real app under uvicorn; stop it afterwards."""
+    server = RunningServer(create_app(settings, **kwargs))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
