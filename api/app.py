@@ -33,7 +33,9 @@ async def root(request: Request) -> Response:
     return RedirectResponse("/graphql")
 
 
-def create_app(settings: Settings | None = None, *, run_migrations: bool | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, run_migrations: bool | None = None
+) -> Starlette:
     """Build the app; nothing connects until the lifespan starts.
 
     Migrations run at start-up on the embedded SQLite database by default; on PostgreSQL they

@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export_schema)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     result: int = args.handler(args)
     return result
 

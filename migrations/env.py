@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-import api.chat.models  # noqa: F401 - registers the chat tables on the metadata
+import api.chat.models
 import api.users.models  # noqa: F401 - registers the account tables on the metadata
 from api.core.db import create_engine, metadata
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import AddValidationRules, SchemaExtension
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
-from graphql.validation import NoSchemaIntrospectionCustomRule
 
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.errors import format_errors
@@ -31,9 +32,11 @@ class ChatSchema(strawberry.Schema):
 
 def build_schema(*, production: bool = False, extensions: list[Any] | None = None) -> ChatSchema:
     """The schema; production turns off introspection and field suggestions."""
-    all_extensions: list[type[SchemaExtension] | SchemaExtension] = list(extensions or [])
+    all_extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = list(
+        extensions or []
+    )
     if production:
-        all_extensions.append(AddValidationRules([NoSchemaIntrospectionCustomRule]))
+        all_extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     return ChatSchema(
         query=Query,
         mutation=Mutation,

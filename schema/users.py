@@ -23,7 +23,9 @@ class UserType:
         return cls(id=strawberry.ID(str(user.id)), name=user.name, created_at=user.created_at)
 
 
-@strawberry.type(name="Session", description="A signed-in device. Each sign-in creates one; sign-out revokes it.")
+@strawberry.type(
+    name="Session", description="A signed-in device. Each sign-in creates one; sign-out revokes it."
+)
 class SessionType:
     id: strawberry.ID
     created_at: datetime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket
@@ -13,6 +14,7 @@ from strawberry.types.unset import UnsetType
 from api.core.settings import Settings
 from api.graphiql import graphiql_html
 from api.state import AppState
+from schema import build_schema
 from schema.context import Context
 
 
@@ -39,8 +41,6 @@ class ChatGraphQL(GraphQL[Context, None]):
 
 def create_view(settings: Settings) -> ChatGraphQL:
     """The view configured from settings."""
-    from schema import build_schema
-
     return ChatGraphQL(
         build_schema(production=settings.is_production),
         graphql_ide="graphiql" if settings.graphiql_enabled else None,

@@ -64,22 +64,16 @@ def _dir_name(package: str, version: str) -> str:
 
 def _check_integrity(data: bytes, integrity: str, label: str) -> None:
     """Fail unless data matches a sha512 SRI hash the registry published."""
-    expected = [
-        h.removeprefix("sha512-") for h in integrity.split() if h.startswith("sha512-")
-    ]
+    expected = [h.removeprefix("sha512-") for h in integrity.split() if h.startswith("sha512-")]
     if not expected:
         # Very old packages only carry sha1 `shasum`; refuse rather than trust that.
         raise SystemExit(f"{label}: registry gives no sha512 integrity ({integrity!r})")
     actual = base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
     if actual not in expected:
-        raise SystemExit(
-            f"{label}: sha512 mismatch, got {actual}, registry says {expected}"
-        )
+        raise SystemExit(f"{label}: sha512 mismatch, got {actual}, registry says {expected}")
 
 
-def fetch_package(
-    registry: str, package: str, version: str, wanted: tuple[str, ...]
-) -> Extracted:
+def fetch_package(registry: str, package: str, version: str, wanted: tuple[str, ...]) -> Extracted:
     """Download one pinned tarball, verify it, and pull the wanted files out of it."""
     label = f"{package}@{version}"
     # Scoped names must keep '@' but escape '/' in the metadata path.
@@ -153,21 +147,15 @@ def write_all(dest: Path, extracted: list[Extracted]) -> dict[str, Any]:
                     "bytes": len(content),
                 }
             )
-    (dest / MANIFEST_NAME).write_text(
-        json.dumps(manifest, indent=2) + "\n", encoding="utf-8"
-    )
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     """Vendor every pinned package, verifying each before anything on disk changes."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--dest", type=Path, default=DEFAULT_DEST, help="static folder to fill"
-    )
-    parser.add_argument(
-        "--registry", default=DEFAULT_REGISTRY, help="npm registry base URL"
-    )
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help="static folder to fill")
+    parser.add_argument("--registry", default=DEFAULT_REGISTRY, help="npm registry base URL")
     args = parser.parse_args(argv)
     registry: str = args.registry.rstrip("/")
     dest: Path = args.dest

@@ -68,7 +68,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
-def make_settings(database_url: str, broadcast_url: str, data_dir: Path, **overrides: object) -> Settings:
+def make_settings(
+    database_url: str, broadcast_url: str, data_dir: Path, **overrides: object
+) -> Settings:
     """Settings for a test server: low PBKDF2 cost, a fixed secret, the run's database."""
     values: dict[str, object] = {
         "database_url": database_url,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import uvicorn
 import websockets
+from websockets.typing import Subprotocol
 from starlette.applications import Starlette
 
 from api.app import create_app
@@ -56,7 +57,9 @@ class GraphQLClient:
         self.http = httpx.AsyncClient(base_url=base_url, timeout=30, **kwargs)
         self.user: dict[str, Any] | None = None
 
-    async def post(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    async def post(
+        self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         response = await self.http.post(
             "/graphql", json={"query": query, "variables": variables or {}}, **kwargs
         )
@@ -70,7 +73,9 @@ class GraphQLClient:
         assert not body.get("errors"), body
         return body["data"]
 
-    async def error(self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    async def error(
+        self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """The single error of a query that must fail."""
         body = await self.post(query, variables, **kwargs)
         assert body.get("errors"), body
@@ -79,7 +84,11 @@ class GraphQLClient:
 
     @property
     def session_cookie(self) -> str:
-        values = [cookie.value for cookie in self.http.cookies.jar if "session" in cookie.name]
+        values = [
+            cookie.value
+            for cookie in self.http.cookies.jar
+            if "session" in cookie.name and cookie.value
+        ]
         assert values, "no session cookie"
         return values[0]
 
@@ -87,12 +96,12 @@ class GraphQLClient:
         name = name or unique_name()
         data = await self.data(SIGN_UP, {"name": name, "password": password})
         self.user = data["signUp"]["user"]
-        return self.user  # type: ignore[return-value]
+        return self.user
 
     async def sign_in(self, name: str, password: str = PASSWORD) -> dict[str, Any]:
         data = await self.data(SIGN_IN, {"name": name, "password": password})
         self.user = data["signIn"]["user"]
-        return self.user  # type: ignore[return-value]
+        return self.user
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -135,7 +144,10 @@ class GraphQLWebSocket:
         if origin:
             headers["Origin"] = origin
         async with websockets.connect(
-            url, subprotocols=[protocol], additional_headers=headers, max_size=2**22  # type: ignore[list-item]
+            url,
+            subprotocols=[Subprotocol(protocol)],
+            additional_headers=headers,
+            max_size=2**22,
         ) as connection:
             client = cls(connection, protocol)
             if init:
@@ -164,7 +176,9 @@ class GraphQLWebSocket:
         try:
             raw = await self.connection.recv()
         except websockets.ConnectionClosed as error:
-            raise WSClosed(error.rcvd.code if error.rcvd else None, error.rcvd.reason if error.rcvd else "") from error
+            raise WSClosed(
+                error.rcvd.code if error.rcvd else None, error.rcvd.reason if error.rcvd else ""
+            ) from error
         message: dict[str, Any] = json.loads(raw)
         return message
 
@@ -190,7 +204,9 @@ class GraphQLWebSocket:
         op_id = str(next(self._ids))
         self._queues[op_id] = asyncio.Queue()
         kind = "subscribe" if self.protocol == "graphql-transport-ws" else "start"
-        await self.send({"type": kind, "id": op_id, "payload": {"query": query, "variables": variables or {}}})
+        await self.send(
+            {"type": kind, "id": op_id, "payload": {"query": query, "variables": variables or {}}}
+        )
         return Subscription(self, op_id)
 
 
@@ -228,7 +244,13 @@ class RunningServer:
         self.app = app
         self.port = free_port()
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws_per_message_deflate=False)
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                ws_per_message_deflate=False,
+            )
         )
         self._task: asyncio.Task[None] | None = None
 

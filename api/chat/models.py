@@ -5,7 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from api.core.db import UTCDateTime, utcnow
@@ -21,9 +30,15 @@ class Room(SQLModel, table=True):
     id: uuid.UUID = Field(primary_key=True)
     kind: str = Field(sa_column=Column(String(16), nullable=False))
     # Highest seq handed out; the UPDATE that bumps it locks the row, so seq order is commit order.
-    last_seq: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, server_default="0"))
-    last_activity_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    last_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
+    last_activity_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class RoomMember(SQLModel, table=True):
@@ -48,7 +63,9 @@ class Message(SQLModel, table=True):
         ),
     )
 
-    id: int | None = Field(default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=Column(_BigId, primary_key=True, autoincrement=True)
+    )
     room_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False)
     )
@@ -59,4 +76,6 @@ class Message(SQLModel, table=True):
     type: str = Field(sa_column=Column(String(32), nullable=False))
     data: str = Field(sa_column=Column(Text, nullable=False))
     client_message_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )

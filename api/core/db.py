@@ -13,7 +13,12 @@ from typing import Any
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 
@@ -118,7 +123,7 @@ class Database:
         try:
             async with self._sessions() as session, session.begin():
                 yield session
-        except (OperationalError, OSError, ConnectionError, asyncio.TimeoutError) as error:
+        except (TimeoutError, OperationalError, OSError, ConnectionError) as error:
             log.warning("database unavailable: %s", error)
             raise ServiceUnavailable() from error
         except DBAPIError as error:

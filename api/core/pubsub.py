@@ -17,6 +17,7 @@ truth, pub/sub only wakes subscribers up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,7 +86,10 @@ class HardenedRedisBackend(RedisBackend):
                 async for message in self._pubsub.listen():
                     if message["type"] == "message":
                         self._queue.put_nowait(
-                            Event(channel=message["channel"].decode(), message=message["data"].decode())
+                            Event(
+                                channel=message["channel"].decode(),
+                                message=message["data"].decode(),
+                            )
                         )
                 # listen() returned: nothing is subscribed. Sleep until a subscribe wakes us,
                 # unless one slipped in while listen() was returning.
@@ -198,10 +202,8 @@ class PubSub:
         """Stop listening, end every subscription and close the broker connection."""
         if self._listener is not None:
             self._listener.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-            except asyncio.CancelledError:
-                pass
         for state in self._channels.values():
             for subscription in state.subscribers:
                 subscription.close()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-PASSWORD_ALGORITHM = "pbkdf2_sha256"
+PASSWORD_ALGORITHM = "pbkdf2_sha256"  # noqa: S105 - a label, not a password
 JWT_ALGORITHM = "HS256"
 _SALT_BYTES = 16
 _NONCE_BYTES = 12

@@ -16,10 +16,12 @@ class User(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(sa_column=Column(String(32), nullable=False))
-    # NFKC + casefold of the name: "Alice", "alice" and fullwidth "ａｌｉｃｅ" are one account.
+    # NFKC + casefold of the name: "Alice", "alice" and its fullwidth form are one account.
     name_key: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
     password_hash: str = Field(sa_column=Column(String(255), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
 
 
 class UserSession(SQLModel, table=True):
@@ -31,7 +33,11 @@ class UserSession(SQLModel, table=True):
     )
     # The id of the one token currently valid for this session; refresh replaces it.
     jti: str = Field(sa_column=Column(String(64), nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
+    )
     expires_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
-    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    revoked_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
     user_agent: str | None = Field(default=None, sa_column=Column(String(512), nullable=True))

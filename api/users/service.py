@@ -11,6 +11,7 @@ from functools import lru_cache
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from api.core import security
 from api.core.db import Database, utcnow
@@ -59,9 +60,7 @@ def validate_name(name: str) -> str:
     """Return the normalized name, or raise BadUserInput saying what is wrong."""
     normalized = normalize_name(name)
     if not NAME_MIN_LENGTH <= len(normalized) <= NAME_MAX_LENGTH:
-        raise BadUserInput(
-            f"Name must be {NAME_MIN_LENGTH} to {NAME_MAX_LENGTH} characters long."
-        )
+        raise BadUserInput(f"Name must be {NAME_MIN_LENGTH} to {NAME_MAX_LENGTH} characters long.")
     if not all(ch.isalpha() or ch in "0123456789_.-" for ch in normalized):
         raise BadUserInput("Name may contain only letters, digits, '_', '.' and '-'.")
     return normalized
@@ -106,7 +105,9 @@ def _issue(user: User, session: UserSession, *, keys: Keys) -> IssuedSession:
     )
     token = security.encode_token(claims, key=keys.jwt)
     cookie_value = security.encrypt_cookie(token, key=keys.cookie)
-    return IssuedSession(user=user, session=session, cookie_value=cookie_value, expires_at=session.expires_at)
+    return IssuedSession(
+        user=user, session=session, cookie_value=cookie_value, expires_at=session.expires_at
+    )
 
 
 def _new_session(user: User, *, ttl: timedelta, user_agent: str | None) -> UserSession:
@@ -137,7 +138,7 @@ async def sign_up(
     validate_password(password)
     key = name_key(display_name)
     async with db.session() as session:
-        taken = await session.scalar(select(User.id).where(User.name_key == key))
+        taken = await session.scalar(select(col(User.id)).where(col(User.name_key) == key))
     if taken is not None:
         raise Conflict("That name is taken.")
     password_hash = await _hash(password, keys=keys, iterations=iterations)
@@ -168,7 +169,7 @@ async def sign_in(
     if not name or len(name) > 4 * NAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
         raise Unauthenticated(SIGN_IN_FAILED)
     async with db.session() as session:
-        user = await session.scalar(select(User).where(User.name_key == name_key(name)))
+        user = await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
     encoded = user.password_hash if user else _decoy_hash(keys.pepper, iterations)
     valid = await _verify(password, encoded, keys=keys)
     if user is None or not valid:
@@ -180,7 +181,7 @@ async def sign_in(
     async with db.session() as session:
         if new_hash is not None:
             await session.execute(
-                update(User).where(User.id == user.id).values(password_hash=new_hash)
+                update(User).where(col(User.id) == user.id).values(password_hash=new_hash)
             )
             user.password_hash = new_hash
         user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
@@ -209,8 +210,8 @@ async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authen
         row = (
             await session.execute(
                 select(UserSession, User)
-                .join(User, User.id == UserSession.user_id)
-                .where(UserSession.id == session_id, UserSession.user_id == user_id)
+                .join(User, col(User.id) == col(UserSession.user_id))
+                .where(col(UserSession.id) == session_id, col(UserSession.user_id) == user_id)
             )
         ).first()
     if row is None:
@@ -231,7 +232,7 @@ async def sign_out(*, db: Database, session_id: uuid.UUID) -> None:
     async with db.session() as session:
         await session.execute(
             update(UserSession)
-            .where(UserSession.id == session_id, UserSession.revoked_at.is_(None))  # type: ignore[union-attr]
+            .where(col(UserSession.id) == session_id, col(UserSession.revoked_at).is_(None))
             .values(revoked_at=utcnow())
         )
 
@@ -247,9 +248,9 @@ async def refresh_session(
         result = await session.execute(
             update(UserSession)
             .where(
-                UserSession.id == auth.session.id,
-                UserSession.jti == auth.session.jti,
-                UserSession.revoked_at.is_(None),  # type: ignore[union-attr]
+                col(UserSession.id) == auth.session.id,
+                col(UserSession.jti) == auth.session.jti,
+                col(UserSession.revoked_at).is_(None),
             )
             .values(jti=jti, expires_at=expires_at)
         )
@@ -266,7 +267,7 @@ async def find_user_by_name(*, db: Database, name: str) -> User | None:
     if not name or len(name) > 4 * NAME_MAX_LENGTH:
         return None
     async with db.session() as session:
-        return await session.scalar(select(User).where(User.name_key == name_key(name)))
+        return await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
 
 
 async def get_users(*, db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, User]:
@@ -284,10 +285,10 @@ async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[User
         rows = await session.scalars(
             select(UserSession)
             .where(
-                UserSession.user_id == user_id,
-                UserSession.revoked_at.is_(None),  # type: ignore[union-attr]
-                UserSession.expires_at > utcnow(),
+                col(UserSession.user_id) == user_id,
+                col(UserSession.revoked_at).is_(None),
+                col(UserSession.expires_at) > utcnow(),
             )
-            .order_by(UserSession.created_at.desc())  # type: ignore[attr-defined]
+            .order_by(col(UserSession.created_at).desc())
         )
         return list(rows.all())

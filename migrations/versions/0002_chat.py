@@ -34,10 +34,16 @@ def upgrade() -> None:
         sa.Column("room_id", sa.Uuid(), nullable=False),
         sa.Column("user_id", sa.Uuid(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["room_id"], ["rooms.id"], name=op.f("fk_room_members_room_id_rooms"), ondelete="CASCADE"
+            ["room_id"],
+            ["rooms.id"],
+            name=op.f("fk_room_members_room_id_rooms"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_room_members_user_id_users"), ondelete="CASCADE"
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_room_members_user_id_users"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("room_id", "user_id", name=op.f("pk_room_members")),
     )
@@ -56,7 +62,10 @@ def upgrade() -> None:
             ["room_id"], ["rooms.id"], name=op.f("fk_messages_room_id_rooms"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["sender_id"], ["users.id"], name=op.f("fk_messages_sender_id_users"), ondelete="CASCADE"
+            ["sender_id"],
+            ["users.id"],
+            name=op.f("fk_messages_sender_id_users"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
         sa.UniqueConstraint("room_id", "seq", name="uq_messages_room_seq"),
