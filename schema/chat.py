@@ -1,22 +1,291 @@
-"""GraphQL types and resolvers of chat (placeholder until the chat module lands)."""
+"""GraphQL types and resolvers of chat: thin controllers over api.chat."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Annotated
+
 import strawberry
+
+from api.chat import delivery
+from api.chat import service as chat
+from api.chat.constants import DEFAULT_ROOMS_PAGE_SIZE
+from api.chat.views import (
+    MessagePage,
+    MessageView,
+    RoomPage,
+    RoomView,
+    UserView,
+    encode_room_cursor,
+)
+from schema.context import Info
+from schema.users import UserType
+
+
+def _user(view: UserView) -> UserType:
+    return UserType(id=strawberry.ID(str(view.id)), name=view.name, created_at=view.created_at)
+
+
+@strawberry.type(name="Message")
+class MessageType:
+    id: strawberry.ID
+    room_id: strawberry.ID
+    seq: int = strawberry.field(
+        description="Position in the room: 1, 2, 3, ... with no gaps, in commit order."
+    )
+    sender: UserType
+    type: str = strawberry.field(
+        description='What kind of content data holds; "text" unless the sender says otherwise.'
+    )
+    data: str
+    created_at: datetime
+    client_message_id: str | None = strawberry.field(
+        description="The sender's own id for this message, making a retried send idempotent."
+    )
+    cursor: str = strawberry.field(
+        description="Opaque position of this message; the same value as its edge cursor."
+    )
+
+    @classmethod
+    def from_view(cls, view: MessageView) -> MessageType:
+        return cls(
+            id=strawberry.ID(str(view.id)),
+            room_id=strawberry.ID(str(view.room_id)),
+            seq=view.seq,
+            sender=_user(view.sender),
+            type=view.type,
+            data=view.data,
+            created_at=view.created_at,
+            client_message_id=view.client_message_id,
+            cursor=view.cursor,
+        )
+
+
+@strawberry.type(
+    name="Room",
+    description=(
+        "A conversation. A direct room is the pair of two users; its id is stable and\n"
+        "known before any message is sent."
+    ),
+)
+class RoomType:
+    id: strawberry.ID
+    name: str = strawberry.field(
+        description='For a direct room: the two member names, sorted, joined by ", ".'
+    )
+    members: list[UserType]
+    last_message: MessageType | None
+
+    @classmethod
+    def from_view(cls, view: RoomView) -> RoomType:
+        return cls(
+            id=strawberry.ID(str(view.id)),
+            name=view.name,
+            members=[_user(member) for member in view.members],
+            last_message=MessageType.from_view(view.last_message) if view.last_message else None,
+        )
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class MessageEdge:
+    cursor: str
+    node: MessageType
+
+
+@strawberry.type(description="Messages in chronological order (oldest first) within the page.")
+class MessageConnection:
+    edges: list[MessageEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: MessagePage) -> MessageConnection:
+        edges = [MessageEdge(cursor=m.cursor, node=MessageType.from_view(m)) for m in page.messages]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                has_previous_page=page.has_previous_page,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+
+@strawberry.type
+class RoomEdge:
+    cursor: str
+    node: RoomType
+
+
+@strawberry.type
+class RoomConnection:
+    edges: list[RoomEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: RoomPage) -> RoomConnection:
+        edges = [
+            RoomEdge(cursor=encode_room_cursor(r), node=RoomType.from_view(r)) for r in page.rooms
+        ]
+        return cls(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=page.has_next_page,
+                has_previous_page=page.has_previous_page,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
 
 
 @strawberry.type
 class ChatQuery:
-    pass
+    @strawberry.field(description="The direct room between the signed-in user and `with`.")
+    async def direct_room(
+        self, info: Info, with_: Annotated[str, strawberry.argument(name="with")]
+    ) -> RoomType:
+        auth = await info.context.require_auth()
+        room = await chat.open_direct_room(db=info.context.state.db, me=auth.user, with_name=with_)
+        return RoomType.from_view(room)
+
+    @strawberry.field
+    async def room(self, info: Info, id: strawberry.ID) -> RoomType | None:
+        auth = await info.context.require_auth()
+        room = await chat.get_room(
+            db=info.context.state.db, user=auth.user, room_id=chat.parse_room_id(id)
+        )
+        return RoomType.from_view(room) if room else None
+
+    @strawberry.field(
+        description="Rooms of the signed-in user that have messages, most recent activity first."
+    )
+    async def rooms(
+        self, info: Info, first: int | None = DEFAULT_ROOMS_PAGE_SIZE, after: str | None = None
+    ) -> RoomConnection:
+        auth = await info.context.require_auth()
+        page = await chat.list_rooms(
+            db=info.context.state.db, user=auth.user, first=first, after=after
+        )
+        return RoomConnection.from_page(page)
+
+    @strawberry.field(
+        description=(
+            "History of a room, keyset-paginated (Relay). With neither first nor last, the\n"
+            "newest 50. `last`/`before` page back in time, `first`/`after` page forward.\n"
+            "At most 100 per page."
+        )
+    )
+    async def messages(
+        self,
+        info: Info,
+        room_id: strawberry.ID,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> MessageConnection:
+        auth = await info.context.require_auth()
+        page = await chat.list_messages(
+            db=info.context.state.db,
+            user=auth.user,
+            room_id=chat.parse_room_id(room_id),
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+        )
+        return MessageConnection.from_page(page)
 
 
 @strawberry.type
 class ChatMutation:
-    pass
+    @strawberry.mutation
+    async def send_message(
+        self,
+        info: Info,
+        room_id: strawberry.ID,
+        data: str,
+        type: str = "text",
+        client_message_id: str | None = None,
+    ) -> MessageType:
+        auth = await info.context.require_auth()
+        state = info.context.state
+        message = await chat.send_message(
+            db=state.db,
+            pubsub=state.pubsub,
+            sender=auth.user,
+            room_id=chat.parse_room_id(room_id),
+            data=data,
+            type=type,
+            client_message_id=client_message_id,
+            max_length=state.settings.message_max_length,
+        )
+        return MessageType.from_view(message)
+
+    @strawberry.mutation(description="Sends to the direct room with `to`.")
+    async def send_direct_message(
+        self,
+        info: Info,
+        to: str,
+        data: str,
+        type: str = "text",
+        client_message_id: str | None = None,
+    ) -> MessageType:
+        auth = await info.context.require_auth()
+        state = info.context.state
+        message = await chat.send_direct_message(
+            db=state.db,
+            pubsub=state.pubsub,
+            sender=auth.user,
+            to=to,
+            data=data,
+            type=type,
+            client_message_id=client_message_id,
+            max_length=state.settings.message_max_length,
+        )
+        return MessageType.from_view(message)
 
 
-@strawberry.type
+@strawberry.type(name="Subscription")
 class ChatSubscription:
-    @strawberry.subscription
-    async def placeholder(self) -> int:  # pragma: no cover
-        yield 0
+    @strawberry.subscription(
+        description=(
+            "Messages of one room as they are committed. With `after` (a cursor), first\n"
+            "every message after it, then live ones: none missing, none twice, in seq order."
+        )
+    )
+    async def message_added(
+        self, info: Info, room_id: strawberry.ID, after: str | None = None
+    ) -> AsyncGenerator[MessageType, None]:
+        auth = await info.context.require_auth()
+        state = info.context.state
+        async for message in delivery.follow_room(
+            db=state.db,
+            pubsub=state.pubsub,
+            user_id=auth.user.id,
+            room_id=chat.parse_room_id(room_id),
+            after=after,
+        ):
+            yield MessageType.from_view(message)
+
+    @strawberry.subscription(
+        description=(
+            "Every new message in any room of the signed-in user, new direct rooms included."
+        )
+    )
+    async def inbox(self, info: Info) -> AsyncGenerator[MessageType, None]:
+        auth = await info.context.require_auth()
+        state = info.context.state
+        async for message in delivery.follow_inbox(
+            db=state.db, pubsub=state.pubsub, user_id=auth.user.id
+        ):
+            yield MessageType.from_view(message)

@@ -37,6 +37,8 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 metadata: MetaData = SQLModel.metadata
 
+_IMMEDIATE = "chat_sqlite_immediate"
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
 
@@ -78,9 +80,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # BEGIN IMMEDIATE takes the write lock up front, so two writers never deadlock
-        # upgrading read locks; SQLite serialises writers anyway.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock up front (BEGIN IMMEDIATE): a deferred one
+        # that later writes fails with "database is locked" instead of waiting its turn.
+        immediate = connection.get_execution_options().get(_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def is_sqlite(url: str) -> bool:
@@ -118,10 +121,15 @@ class Database:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """A session in one transaction: committed on success, rolled back on error."""
+    async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session in one transaction: committed on success, rolled back on error.
+
+        `write=True` on SQLite takes the write lock when the transaction begins.
+        """
         try:
             async with self._sessions() as session, session.begin():
+                if write and self.is_sqlite:
+                    await session.connection(execution_options={_IMMEDIATE: True})
                 yield session
         except (TimeoutError, OperationalError, OSError, ConnectionError) as error:
             log.warning("database unavailable: %s", error)

@@ -177,6 +177,8 @@ class PubSub:
         self._command_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        # Notified whenever a subscription starts or ends, for whoever waits on counts.
+        self._changed = asyncio.Condition()
 
     @property
     def channel_count(self) -> int:
@@ -187,6 +189,22 @@ class PubSub:
     def subscriber_count(self) -> int:
         """How many local subscriptions are open."""
         return sum(len(state.subscribers) for state in self._channels.values())
+
+    def subscribers(self, channel: str) -> int:
+        """How many local subscriptions a channel has (ready ones only)."""
+        state = self._channels.get(channel)
+        if state is None or not state.ready.done():
+            return 0
+        return len(state.subscribers)
+
+    async def wait_for_subscribers(self, channel: str, count: int = 1) -> None:
+        """Wait until a channel has at least `count` ready local subscriptions."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.subscribers(channel) >= count)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     async def connect(self) -> None:
         """Connect to the broker and start the listener (and its watchdog)."""
@@ -242,6 +260,7 @@ class PubSub:
         else:
             state.subscribers.add(subscription)
             await asyncio.shield(state.ready)
+        await self._notify()
         try:
             yield subscription
         finally:
@@ -252,6 +271,7 @@ class PubSub:
         if state is None:
             return
         state.subscribers.discard(subscription)
+        await self._notify()
         if state.subscribers:
             return
         del self._channels[channel]

@@ -144,7 +144,7 @@ async def sign_up(
     password_hash = await _hash(password, keys=keys, iterations=iterations)
     user = User(name=display_name, name_key=key, password_hash=password_hash)
     try:
-        async with db.session() as session:
+        async with db.session(write=True) as session:
             session.add(user)
             await session.flush()
             user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
@@ -178,7 +178,7 @@ async def sign_in(
     if security.password_needs_rehash(user.password_hash, iterations=iterations):
         # The iteration count was raised since this hash was made: upgrade it now.
         new_hash = await _hash(password, keys=keys, iterations=iterations)
-    async with db.session() as session:
+    async with db.session(write=True) as session:
         if new_hash is not None:
             await session.execute(
                 update(User).where(col(User.id) == user.id).values(password_hash=new_hash)
@@ -229,7 +229,7 @@ async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authen
 
 async def sign_out(*, db: Database, session_id: uuid.UUID) -> None:
     """Revoke a session: its tokens stop working at once."""
-    async with db.session() as session:
+    async with db.session(write=True) as session:
         await session.execute(
             update(UserSession)
             .where(col(UserSession.id) == session_id, col(UserSession.revoked_at).is_(None))
@@ -244,7 +244,7 @@ async def refresh_session(
     now = utcnow()
     jti = security.new_token_id()
     expires_at = (now + ttl).replace(microsecond=0)
-    async with db.session() as session:
+    async with db.session(write=True) as session:
         result = await session.execute(
             update(UserSession)
             .where(

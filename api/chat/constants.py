@@ -1,0 +1,28 @@
+"""Limits and names of the chat module."""
+
+import re
+import uuid
+
+DIRECT = "direct"
+# Direct room ids are uuid5(namespace, "<lower user id>:<higher user id>"): stable, known before
+# the first message, and unambiguous (fixed-width ids cannot collide the way joined names did).
+DIRECT_ROOM_NAMESPACE = uuid.UUID("6f1c2a3e-9d7b-5c4e-8a21-3b0f5e7d9c11")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+DEFAULT_ROOMS_PAGE_SIZE = 20
+# Backlogs (resume, gap fill, resync) are read in chunks so memory stays bounded.
+BACKLOG_CHUNK = 500
+
+MESSAGE_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.+/-]{0,31}$")
+CLIENT_MESSAGE_ID_MAX_LENGTH = 64
+
+
+def room_channel(room_id: uuid.UUID) -> str:
+    """The pub/sub channel of a room's messages."""
+    return f"room:{room_id}"
+
+
+def user_channel(user_id: uuid.UUID) -> str:
+    """The pub/sub channel of every message in any room of a user (the inbox)."""
+    return f"user:{user_id}"

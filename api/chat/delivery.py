@@ -1,0 +1,109 @@
+"""Live delivery: each message exactly once, in seq order, to every open subscription.
+
+The recipe (ARCHITECTURE.md, "Delivery without loss or duplicates"): subscribe to the channel
+first, then read what is already stored, then follow live events, dropping seqs already
+yielded. When a live seq jumps past the next expected one, or pub/sub says RESYNC (broker
+reconnected, or this subscriber fell too far behind), the missing messages come from the
+database, which is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+from api.chat import service
+from api.chat.constants import BACKLOG_CHUNK, room_channel, user_channel
+from api.chat.views import MessageView, decode_message_cursor
+from api.core.db import Database
+from api.core.pubsub import RESYNC, PubSub
+
+log = logging.getLogger(__name__)
+
+
+async def _stored_after(
+    db: Database, room_id: uuid.UUID, after_seq: int, up_to_seq: int | None = None
+) -> AsyncIterator[MessageView]:
+    """Stored messages after a seq, in chunks so a long backlog never sits in memory at once."""
+    while True:
+        chunk = await service.read_messages_after(
+            db=db, room_id=room_id, after_seq=after_seq, limit=BACKLOG_CHUNK, up_to_seq=up_to_seq
+        )
+        for message in chunk:
+            yield message
+            after_seq = message.seq
+        if len(chunk) < BACKLOG_CHUNK:
+            return
+
+
+async def follow_room(
+    *,
+    db: Database,
+    pubsub: PubSub,
+    user_id: uuid.UUID,
+    room_id: uuid.UUID,
+    after: str | None = None,
+) -> AsyncIterator[MessageView]:
+    """A room's messages: everything after `after` (a cursor) first, then live ones."""
+    after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
+    await service.check_membership(db=db, user_id=user_id, room_id=room_id)
+    async with pubsub.subscribe(room_channel(room_id)) as subscription:
+        # Subscribed before reading, so nothing committed from here on can slip between the two.
+        if after_seq is None:
+            delivered = await service.room_last_seq(db=db, room_id=room_id)
+        else:
+            delivered = after_seq
+            async for message in _stored_after(db, room_id, delivered):
+                yield message
+                delivered = message.seq
+        async for item in subscription:
+            if item is RESYNC:
+                async for message in _stored_after(db, room_id, delivered):
+                    yield message
+                    delivered = message.seq
+                continue
+            assert isinstance(item, str)
+            message = MessageView.from_json(item)
+            if message.seq <= delivered:
+                continue
+            if message.seq > delivered + 1:
+                # A gap: something was published that we did not see. Fill it from the database.
+                async for missing in _stored_after(
+                    db, room_id, delivered, up_to_seq=message.seq - 1
+                ):
+                    yield missing
+                    delivered = missing.seq
+            yield message
+            delivered = message.seq
+
+
+async def follow_inbox(
+    *, db: Database, pubsub: PubSub, user_id: uuid.UUID
+) -> AsyncIterator[MessageView]:
+    """Every new message in any room of the user, including rooms created after subscribing."""
+    async with pubsub.subscribe(user_channel(user_id)) as subscription:
+        delivered = await service.room_last_seqs(db=db, user_id=user_id)
+        async for item in subscription:
+            if item is RESYNC:
+                current = await service.room_last_seqs(db=db, user_id=user_id)
+                for room_id, last_seq in current.items():
+                    seen = delivered.get(room_id, 0)
+                    if last_seq > seen:
+                        async for message in _stored_after(db, room_id, seen, up_to_seq=last_seq):
+                            yield message
+                            delivered[room_id] = message.seq
+                continue
+            assert isinstance(item, str)
+            message = MessageView.from_json(item)
+            seen = delivered.get(message.room_id, 0)
+            if message.seq <= seen:
+                continue
+            if message.seq > seen + 1:
+                async for missing in _stored_after(
+                    db, message.room_id, seen, up_to_seq=message.seq - 1
+                ):
+                    yield missing
+                    delivered[message.room_id] = missing.seq
+            yield message
+            delivered[message.room_id] = message.seq
