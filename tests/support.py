@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import uvicorn
 import websockets
-from websockets.typing import Subprotocol
 from starlette.applications import Starlette
+from websockets.typing import Subprotocol
 
 from api.app import create_app
 from api.core.settings import Settings

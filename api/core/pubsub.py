@@ -177,8 +177,8 @@ class PubSub:
         self._command_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        # Notified whenever a subscription starts or ends, for whoever waits on counts.
-        self._changed = asyncio.Condition()
+        # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
+        self._changed = asyncio.Event()
 
     @property
     def channel_count(self) -> int:
@@ -199,12 +199,12 @@ class PubSub:
 
     async def wait_for_subscribers(self, channel: str, count: int = 1) -> None:
         """Wait until a channel has at least `count` ready local subscriptions."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.subscribers(channel) >= count)
+        while self.subscribers(channel) < count:
+            await self._changed.wait()
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def connect(self) -> None:
         """Connect to the broker and start the listener (and its watchdog)."""
@@ -245,23 +245,26 @@ class PubSub:
         """Subscribe to a channel; the broker subscription is in place when this returns."""
         subscription = Subscription(channel, self.queue_size)
         state = self._channels.get(channel)
-        if state is None:
-            # Registered before the first await, so a concurrent subscriber joins this state
-            # instead of racing to create its own (encode/broadcaster#142).
-            state = self._channels[channel] = _Channel()
-            state.subscribers.add(subscription)
-            try:
-                async with self._command_lock:
-                    if self._backend is not None and self._connected.is_set():
-                        await self._backend.subscribe(channel)
-            except Exception as error:  # noqa: BLE001 - the watchdog resubscribes on reconnect
-                log.warning("subscribe to %s failed: %s", channel, error)
-            state.ready.set_result(None)
-        else:
-            state.subscribers.add(subscription)
-            await asyncio.shield(state.ready)
-        await self._notify()
         try:
+            if state is None:
+                # Registered before the first await, so a concurrent subscriber joins this state
+                # instead of racing to create its own (encode/broadcaster#142).
+                state = self._channels[channel] = _Channel()
+                state.subscribers.add(subscription)
+                try:
+                    async with self._command_lock:
+                        if self._backend is not None and self._connected.is_set():
+                            await self._backend.subscribe(channel)
+                except Exception as error:  # noqa: BLE001 - the watchdog resubscribes on reconnect
+                    log.warning("subscribe to %s failed: %s", channel, error)
+                finally:
+                    # Also when cancelled: whoever joined meanwhile must not wait forever.
+                    if not state.ready.done():
+                        state.ready.set_result(None)
+            else:
+                state.subscribers.add(subscription)
+                await asyncio.shield(state.ready)
+            self._notify()
             yield subscription
         finally:
             await self._leave(channel, subscription)
@@ -271,7 +274,7 @@ class PubSub:
         if state is None:
             return
         state.subscribers.discard(subscription)
-        await self._notify()
+        self._notify()
         if state.subscribers:
             return
         del self._channels[channel]
