@@ -284,3 +284,64 @@ async def running_server(settings: Settings, **kwargs: Any) -> AsyncIterator[Run
         yield server
     finally:
         await server.stop()
+
+
+DIRECT_ROOM = "query Room($with: String!) { directRoom(with: $with) { id name } }"
+SEND = """
+mutation Send($roomId: ID!, $data: String!, $clientMessageId: String) {
+  sendMessage(roomId: $roomId, data: $data, clientMessageId: $clientMessageId) {
+    id seq data cursor sender { name }
+  }
+}
+"""
+MESSAGE_ADDED = """
+subscription Follow($roomId: ID!, $after: String) {
+  messageAdded(roomId: $roomId, after: $after) { id seq data cursor roomId sender { name } }
+}
+"""
+INBOX = "subscription { inbox { id seq data roomId sender { name } } }"
+
+
+async def open_direct_room(client: GraphQLClient, other_name: str) -> str:
+    """The id of the direct room between the client's user and another."""
+    data = await client.data(DIRECT_ROOM, {"with": other_name})
+    room_id: str = data["directRoom"]["id"]
+    return room_id
+
+
+async def send(client: GraphQLClient, room_id: str, data: str, **extra: Any) -> dict[str, Any]:
+    """Send a message that must succeed; returns it."""
+    result = await client.data(SEND, {"roomId": room_id, "data": data, **extra})
+    message: dict[str, Any] = result["sendMessage"]
+    return message
+
+
+async def wait_for_subscribers(server: RunningServer, channel: str, count: int = 1) -> None:
+    """Wait until the in-process server has `count` subscriptions on a pub/sub channel."""
+    pubsub = server.app.state.chat.pubsub
+    await asyncio.wait_for(pubsub.wait_for_subscribers(channel, count), 10)
+
+
+def assert_exactly_once_in_order(seqs: list[int], first: int, last: int) -> None:
+    """Every seq from first to last, each once, ascending; says what is lost, doubled, reordered."""
+    expected = list(range(first, last + 1))
+    if seqs == expected:
+        return
+    lost = sorted(set(expected) - set(seqs))
+    doubled = sorted({s for s in seqs if seqs.count(s) > 1})
+    reordered = sum(1 for a, b in itertools.pairwise(seqs) if b < a)
+    raise AssertionError(
+        f"lost={lost[:20]} ({len(lost)}), doubled={doubled[:20]} ({len(doubled)}), "
+        f"out of order={reordered}, received={len(seqs)} expected={len(expected)}"
+    )
+
+
+async def wait_for_no_subscribers(server: RunningServer, channel: str) -> None:
+    """Wait until the in-process server has no subscription left on a channel."""
+    pubsub = server.app.state.chat.pubsub
+
+    async def drained() -> None:
+        while pubsub.subscribers(channel):
+            await pubsub.changed()
+
+    await asyncio.wait_for(drained(), 10)

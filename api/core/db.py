@@ -72,10 +72,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # Foreign keys are off by default in SQLite; WAL lets readers run beside the writer;
         # busy_timeout turns lock contention into a wait instead of "database is locked".
         cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -119,6 +119,9 @@ class Database:
         self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = is_sqlite(url)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time and its busy handler waits by sleeping (up to 100 ms
+        # a turn), so in-process writers queue here instead, in order and without sleeping.
+        self._sqlite_write_lock = asyncio.Lock()
 
     @asynccontextmanager
     async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
@@ -127,9 +130,16 @@ class Database:
         `write=True` on SQLite takes the write lock when the transaction begins.
         """
         try:
-            async with self._sessions() as session, session.begin():
-                if write and self.is_sqlite:
+            if write and self.is_sqlite:
+                async with (
+                    self._sqlite_write_lock,
+                    self._sessions() as session,
+                    session.begin(),
+                ):
                     await session.connection(execution_options={_IMMEDIATE: True})
+                    yield session
+                return
+            async with self._sessions() as session, session.begin():
                 yield session
         except (TimeoutError, OperationalError, OSError, ConnectionError) as error:
             log.warning("database unavailable: %s", error)

@@ -200,7 +200,11 @@ class PubSub:
     async def wait_for_subscribers(self, channel: str, count: int = 1) -> None:
         """Wait until a channel has at least `count` ready local subscriptions."""
         while self.subscribers(channel) < count:
-            await self._changed.wait()
+            await self.changed()
+
+    async def changed(self) -> None:
+        """Wait until a subscription starts or ends."""
+        await self._changed.wait()
 
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
