@@ -7,8 +7,10 @@ import contextlib
 import itertools
 import json
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -345,3 +347,105 @@ async def wait_for_no_subscribers(server: RunningServer, channel: str) -> None:
             await pubsub.changed()
 
     await asyncio.wait_for(drained(), 10)
+
+
+class ProcessFailed(Exception):
+    pass
+
+
+async def _wait_for_line(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> None:
+    while True:
+        line = await stream.readline()
+        if not line:
+            raise ProcessFailed("exited before printing " + repr(needle) + ":\n" + "".join(seen))
+        text = line.decode(errors="replace")
+        seen.append(text)
+        if needle in text:
+            return
+
+
+async def _drain(stream: asyncio.StreamReader, seen: list[str]) -> None:
+    # Keep reading so the child never blocks on a full pipe.
+    while line := await stream.readline():
+        seen.append(line.decode(errors="replace"))
+
+
+class ChildProcess:
+    """A child process that is ready once it prints a line; output kept for failure reports."""
+
+    def __init__(self, argv: list[str], ready_line: str, env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.ready_line = ready_line
+        self.env = env
+        self.output: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 30) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+        )
+        assert self.process.stdout is not None
+        await asyncio.wait_for(
+            _wait_for_line(self.process.stdout, self.ready_line, self.output), timeout
+        )
+        self._drain = asyncio.create_task(_drain(self.process.stdout, self.output))
+
+    async def stop(self, *, kill: bool = False) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        await asyncio.wait_for(self.process.wait(), 15)
+        if self._drain is not None:
+            await self._drain
+
+
+class RedisServer(ChildProcess):
+    """A private redis-server on a free port, which a test may stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        super().__init__(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            "Ready to accept connections",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class ServerProcess(ChildProcess):
+    """`chat-backend serve` as a real process on a free port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        super().__init__(
+            [str(Path(sys.executable).parent / "chat-backend"), "serve", "--port", str(self.port)],
+            "Application startup complete",
+            env=env,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/graphql"

@@ -197,6 +197,11 @@ class PubSub:
             return 0
         return len(state.subscribers)
 
+    def subscriptions(self, channel: str) -> list[Subscription]:
+        """The local subscriptions of a channel (for metrics and tests)."""
+        state = self._channels.get(channel)
+        return list(state.subscribers) if state else []
+
     async def wait_for_subscribers(self, channel: str, count: int = 1) -> None:
         """Wait until a channel has at least `count` ready local subscriptions."""
         while self.subscribers(channel) < count:
