@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from api.chat import service
 from api.chat.constants import BACKLOG_CHUNK, room_channel, user_channel
@@ -44,7 +44,7 @@ async def follow_room(
     user_id: uuid.UUID,
     room_id: uuid.UUID,
     after: str | None = None,
-) -> AsyncIterator[MessageView]:
+) -> AsyncGenerator[MessageView, None]:
     """A room's messages: everything after `after` (a cursor) first, then live ones."""
     after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
     await service.check_membership(db=db, user_id=user_id, room_id=room_id)
