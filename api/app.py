@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from api.core.db import Database, migrate
 from api.core.pubsub import PubSub
+from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
 from api.graphiql import static_app
+from api.middleware import BodyLimitMiddleware, GraphQLPostGuardMiddleware
 from api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -54,8 +58,20 @@ def create_app(
         db = Database(url, pool_size=settings.database_pool_size)
         pubsub = PubSub(settings.broadcast_url, queue_size=settings.subscriber_queue_size)
         await pubsub.connect()
+        limiter = RateLimiter(
+            create_storage(settings.broadcast_url),
+            Limits.from_settings(
+                messages=settings.rate_limit_messages,
+                sign_in=settings.rate_limit_sign_in,
+                sign_in_per_address=settings.rate_limit_sign_in_per_address,
+            ),
+        )
         app.state.chat = AppState(
-            settings=settings, keys=derive_keys(settings.secret), db=db, pubsub=pubsub
+            settings=settings,
+            keys=derive_keys(settings.secret),
+            db=db,
+            pubsub=pubsub,
+            limiter=limiter,
         )
         try:
             yield
@@ -73,4 +89,17 @@ def create_app(
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            CORSMiddleware,
+            # Only listed origins get Access-Control-Allow-Origin, echoed exactly, never "*".
+            allow_origins=settings.allowed_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization"],
+            max_age=600,
+        ),
+        Middleware(GraphQLPostGuardMiddleware),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from api.core.settings import ConfigurationError, Settings
 
@@ -34,14 +35,28 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         reload=args.reload,
-        loop="auto",
-        http="auto",
-        ws_per_message_deflate=False,
-        proxy_headers=True,
         log_level=args.log_level,
-        lifespan="on",
+        **uvicorn_options(settings),
     )
     return 0
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Server options that follow from settings (shared by `serve` and the test servers)."""
+    return {
+        "loop": "auto",  # uvloop when installed
+        "http": "auto",  # httptools when installed
+        "lifespan": "on",
+        "proxy_headers": True,
+        "ws_max_size": settings.ws_max_message_bytes or 16 * 1024 * 1024,
+        # Off by default: deflate costs about 50 KiB of memory per socket.
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        # strawberry never pings on graphql-transport-ws; uvicorn's pings find dead peers.
+        "ws_ping_interval": 20.0,
+        "ws_ping_timeout": 20.0,
+        # On SIGTERM: stop accepting, close sockets with 1012, let in-flight requests finish.
+        "timeout_graceful_shutdown": 30,
+    }
 
 
 def app_factory() -> object:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from api.core.db import Database
 from api.core.pubsub import PubSub
+from api.core.ratelimit import RateLimiter
 from api.core.security import Keys
 from api.core.settings import Settings
 
@@ -18,3 +19,4 @@ class AppState:
     keys: Keys
     db: Database
     pubsub: PubSub
+    limiter: RateLimiter

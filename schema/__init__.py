@@ -8,7 +8,13 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import AddValidationRules, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -30,11 +36,25 @@ class ChatSchema(strawberry.Schema):
         format_errors(errors)
 
 
-def build_schema(*, production: bool = False, extensions: list[Any] | None = None) -> ChatSchema:
-    """The schema; production turns off introspection and field suggestions."""
+def build_schema(
+    *,
+    production: bool = False,
+    max_depth: int = 0,
+    max_tokens: int = 0,
+    max_aliases: int = 0,
+    extensions: list[Any] | None = None,
+) -> ChatSchema:
+    """The schema with its document limits (0 = off); production hides introspection and hints."""
     all_extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = list(
         extensions or []
     )
+    if max_tokens:
+        # Checked while parsing, so a huge document costs little before it is refused.
+        all_extensions.append(lambda: MaxTokensLimiter(max_token_count=max_tokens))
+    if max_depth:
+        all_extensions.append(lambda: QueryDepthLimiter(max_depth=max_depth))
+    if max_aliases:
+        all_extensions.append(lambda: MaxAliasesLimiter(max_alias_count=max_aliases))
     if production:
         all_extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     return ChatSchema(

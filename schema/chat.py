@@ -228,6 +228,7 @@ class ChatMutation:
             type=type,
             client_message_id=client_message_id,
             max_length=state.settings.message_max_length,
+            limiter=state.limiter,
         )
         return MessageType.from_view(message)
 
@@ -251,6 +252,7 @@ class ChatMutation:
             type=type,
             client_message_id=client_message_id,
             max_length=state.settings.message_max_length,
+            limiter=state.limiter,
         )
         return MessageType.from_view(message)
 

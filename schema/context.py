@@ -45,6 +45,12 @@ class Context:
     def user_agent(self) -> str | None:
         return self.request.headers.get("user-agent")
 
+    @property
+    def client_address(self) -> str:
+        """The caller's address (behind a proxy, uvicorn's --forwarded-allow-ips decides)."""
+        client = self.request.client
+        return client.host if client else "unknown"
+
     def credential(self) -> str | None:
         """The encrypted session value: cookie, `Authorization: Bearer`, or connection_init."""
         params = self.connection_params or {}

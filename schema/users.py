@@ -106,6 +106,8 @@ class UsersMutation:
             iterations=state.settings.pbkdf2_iterations,
             ttl=state.settings.session_ttl,
             user_agent=info.context.user_agent,
+            limiter=state.limiter,
+            address=info.context.client_address,
         )
         info.context.set_session_cookie(issued)
         return AuthPayload.from_issued(issued)
@@ -121,7 +123,8 @@ class UsersMutation:
         info.context.clear_session_cookie()
         if auth is None:
             return False
-        await users.sign_out(db=info.context.state.db, session_id=auth.session.id)
+        state = info.context.state
+        await users.sign_out(db=state.db, pubsub=state.pubsub, session_id=auth.session.id)
         info.context.forget_auth()
         return True
 
@@ -132,7 +135,11 @@ class UsersMutation:
         auth = await info.context.require_auth()
         state = info.context.state
         issued = await users.refresh_session(
-            db=state.db, keys=state.keys, auth=auth, ttl=state.settings.session_ttl
+            db=state.db,
+            pubsub=state.pubsub,
+            keys=state.keys,
+            auth=auth,
+            ttl=state.settings.session_ttl,
         )
         info.context.set_session_cookie(issued)
         return AuthPayload.from_issued(issued)

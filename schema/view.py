@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from datetime import timedelta
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.websockets import WebSocket
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.types.unset import UnsetType
@@ -14,12 +18,42 @@ from strawberry.types.unset import UnsetType
 from api.core.settings import Settings
 from api.graphiql import graphiql_html
 from api.state import AppState
+from api.users import service as users
 from schema import build_schema
 from schema.context import Context
+
+log = logging.getLogger(__name__)
+
+# Close code for a socket whose session was signed out or expired. In the 4400-4499 range that
+# graphql-ws clients treat as fatal (no blind retry): the client signs in (or refreshes),
+# reconnects and resubscribes from its last cursor.
+SESSION_ENDED_CLOSE_CODE = 4401
+_WATCHERS = "chat.session_watchers"
+
+# A strict policy for the GraphiQL page: everything comes from this server (fonts are data: URIs).
+GRAPHIQL_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; font-src 'self' data:; "
+    "img-src 'self' data:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'"
+)
 
 
 class ChatGraphQL(GraphQL[Context, None]):
     """GraphQL over HTTP and WebSocket (graphql-transport-ws and legacy graphql-ws)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await super().__call__(scope, receive, send)
+            return
+        watchers: list[asyncio.Task[None]] = []
+        scope[_WATCHERS] = watchers
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for watcher in watchers:
+                watcher.cancel()
+            for watcher in watchers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
@@ -31,21 +65,46 @@ class ChatGraphQL(GraphQL[Context, None]):
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         # No operation runs on a socket without a live session (strawberry closes with 4403).
-        if await context.auth() is None:
+        auth = await context.auth()
+        if auth is None:
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
+        websocket = context.request
+        assert isinstance(websocket, WebSocket)
+        watcher = asyncio.create_task(self._close_when_session_ends(context, websocket))
+        websocket.scope[_WATCHERS].append(watcher)
         return None
 
+    async def _close_when_session_ends(self, context: Context, websocket: WebSocket) -> None:
+        auth = await context.require_auth()
+        state = context.state
+        reason = await users.wait_for_session_end(
+            db=state.db, pubsub=state.pubsub, session_id=auth.session.id
+        )
+        if reason == "closed" or websocket.application_state != WebSocketState.CONNECTED:
+            return
+        context.forget_auth()
+        log.info("closing socket of session %s: %s", auth.session.id, reason)
+        with contextlib.suppress(RuntimeError, OSError):
+            await websocket.close(code=SESSION_ENDED_CLOSE_CODE, reason=f"session {reason}")
+
     async def render_graphql_ide(self, request: Request) -> Response:
-        return HTMLResponse(graphiql_html())
+        return HTMLResponse(graphiql_html(), headers={"Content-Security-Policy": GRAPHIQL_CSP})
 
 
 def create_view(settings: Settings) -> ChatGraphQL:
     """The view configured from settings."""
+    schema = build_schema(
+        production=settings.is_production,
+        max_depth=settings.max_query_depth,
+        max_tokens=settings.max_query_tokens,
+        max_aliases=settings.max_aliases,
+    )
     return ChatGraphQL(
-        build_schema(production=settings.is_production),
+        schema,
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         # Queries by GET would be simple cross-site requests (CSRF); POST with JSON only.
         allow_queries_via_get=False,
-        connection_init_wait_timeout=timedelta(seconds=10),
+        connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout),
         allowed_origins=tuple(settings.allowed_origins),
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection or None,
     )

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from websockets.typing import Subprotocol
 
 from api.app import create_app
+from api.cli import uvicorn_options
 from api.core.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -242,8 +243,9 @@ class Subscription:
 class RunningServer:
     """A uvicorn server on a free port, in this event loop."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, settings: Settings) -> None:
         self.app = app
+        self.settings = settings
         self.port = free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -251,7 +253,7 @@ class RunningServer:
                 host="127.0.0.1",
                 port=self.port,
                 log_level="warning",
-                ws_per_message_deflate=False,
+                **uvicorn_options(settings),
             )
         )
         self._task: asyncio.Task[None] | None = None
@@ -280,7 +282,7 @@ class RunningServer:
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings, **kwargs: Any) -> AsyncIterator[RunningServer]:
     """Start the real app under uvicorn; stop it afterwards."""
-    server = RunningServer(create_app(settings, **kwargs))
+    server = RunningServer(create_app(settings, **kwargs), settings)
     await server.start()
     try:
         yield server

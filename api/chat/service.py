@@ -37,6 +37,7 @@ from api.chat.views import (
 from api.core.db import Database, utcnow
 from api.core.errors import BadUserInput, Forbidden, NotFound
 from api.core.pubsub import PubSub
+from api.core.ratelimit import RateLimiter
 from api.users import service as users
 from api.users.models import User
 
@@ -195,6 +196,7 @@ async def send_message(
     type: str = "text",
     client_message_id: str | None = None,
     max_length: int = 4000,
+    limiter: RateLimiter | None = None,
 ) -> MessageView:
     """Store a message with the room's next seq, then wake subscribers.
 
@@ -204,6 +206,8 @@ async def send_message(
     validate_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
+    if limiter is not None:
+        await limiter.acquire(limiter.limits.messages, str(sender.id))
     return await _store_and_publish(
         db=db,
         pubsub=pubsub,
@@ -226,11 +230,14 @@ async def send_direct_message(
     type: str = "text",
     client_message_id: str | None = None,
     max_length: int = 4000,
+    limiter: RateLimiter | None = None,
 ) -> MessageView:
     """Send to the direct room with another user, creating the room on first use."""
     validate_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
+    if limiter is not None:
+        await limiter.acquire(limiter.limits.messages, str(sender.id))
     other = await _resolve_peer(db=db, me=sender, name=to)
     return await _store_and_publish(
         db=db,

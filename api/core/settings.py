@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from datetime import timedelta
 from enum import StrEnum
@@ -22,6 +23,27 @@ MIN_SECRET_BYTES = 32
 class Environment(StrEnum):
     DEVELOPMENT = "development"
     PRODUCTION = "production"
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_rates(text: str) -> list[tuple[int, float]]:
+    """Parse "30/10s,300/5m" into [(30, 10.0), (300, 300.0)]; "0" or "" means no limit."""
+    text = text.strip()
+    if text in ("", "0"):
+        return []
+    rates = []
+    for part in text.split(","):
+        match = _RATE.match(part)
+        if not match or int(match.group(1)) < 1 or float(match.group(2)) <= 0:
+            raise ValueError(
+                f"rate {part!r} must look like 30/10s (count per seconds), or 0 for off"
+            )
+        count, period, unit = match.groups()
+        rates.append((int(count), float(period) * _UNIT_SECONDS[unit or "s"]))
+    return rates
 
 
 class ConfigurationError(RuntimeError):
@@ -47,12 +69,31 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     subscriber_queue_size: int = Field(default=256, ge=1)
 
+    # Abuse limits; 0 turns a limit off. Rates read "N/<seconds>s", several separated by ",".
+    rate_limit_messages: str = "30/10s,300/300s"
+    rate_limit_sign_in: str = "5/60s"
+    rate_limit_sign_in_per_address: str = "50/60s"
+    max_query_depth: int = Field(default=12, ge=0)
+    max_query_tokens: int = Field(default=2000, ge=0)
+    max_aliases: int = Field(default=30, ge=0)
+    max_body_bytes: int = Field(default=64 * 1024, ge=0)
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=0)
+    max_subscriptions_per_connection: int = Field(default=50, ge=0)
+    connection_init_timeout: float = Field(default=10.0, gt=0)
+    ws_per_message_deflate: bool = False
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         # A comma-separated list is what people type into an environment variable.
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("rate_limit_messages", "rate_limit_sign_in", "rate_limit_sign_in_per_address")
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        parse_rates(value)
         return value
 
     @property

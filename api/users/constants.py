@@ -1,6 +1,7 @@
 """Limits of the accounts module."""
 
 import re
+import uuid
 
 NAME_MIN_LENGTH = 3
 NAME_MAX_LENGTH = 32
@@ -9,3 +10,10 @@ PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 1024
 USER_AGENT_MAX_LENGTH = 512
 SIGN_IN_FAILED = "Wrong name or password."
+SESSION_REVOKED = "revoked"
+SESSION_REFRESHED = "refreshed"
+
+
+def session_channel(session_id: uuid.UUID) -> str:
+    """The pub/sub channel on which a session's sign-out and refresh are announced."""
+    return f"session:{session_id}"

@@ -16,14 +16,19 @@ from sqlmodel import col
 from api.core import security
 from api.core.db import Database, utcnow
 from api.core.errors import BadUserInput, Conflict, Unauthenticated
+from api.core.pubsub import RESYNC, PubSub
+from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
 from api.users.constants import (
     NAME_MAX_LENGTH,
     NAME_MIN_LENGTH,
     PASSWORD_MAX_LENGTH,
     PASSWORD_MIN_LENGTH,
+    SESSION_REFRESHED,
+    SESSION_REVOKED,
     SIGN_IN_FAILED,
     USER_AGENT_MAX_LENGTH,
+    session_channel,
 )
 from api.users.models import User, UserSession
 
@@ -164,16 +169,31 @@ async def sign_in(
     iterations: int,
     ttl: timedelta,
     user_agent: str | None = None,
+    limiter: RateLimiter | None = None,
+    address: str = "unknown",
 ) -> IssuedSession:
-    """Open a new session; unknown name and wrong password fail alike, at the same cost."""
-    if not name or len(name) > 4 * NAME_MAX_LENGTH or len(password) > PASSWORD_MAX_LENGTH:
-        raise Unauthenticated(SIGN_IN_FAILED)
-    async with db.session() as session:
-        user = await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
+    """Open a new session; unknown name and wrong password fail alike, at the same cost.
+
+    Failed attempts are counted per account and per client address; over either limit the
+    attempt is refused (RATE_LIMITED) before any password is checked.
+    """
+    account = name_key(name)[: 4 * NAME_MAX_LENGTH]
+    if limiter is not None:
+        await limiter.check(limiter.limits.sign_in, account)
+        await limiter.check(limiter.limits.sign_in_per_address, address)
+    user = None
+    if name and len(name) <= 4 * NAME_MAX_LENGTH and len(password) <= PASSWORD_MAX_LENGTH:
+        async with db.session() as session:
+            user = await session.scalar(select(User).where(col(User.name_key) == account))
     encoded = user.password_hash if user else _decoy_hash(keys.pepper, iterations)
-    valid = await _verify(password, encoded, keys=keys)
+    valid = await _verify(password[:PASSWORD_MAX_LENGTH], encoded, keys=keys)
     if user is None or not valid:
+        if limiter is not None:
+            await limiter.count(limiter.limits.sign_in, account)
+            await limiter.count(limiter.limits.sign_in_per_address, address)
         raise Unauthenticated(SIGN_IN_FAILED)
+    if limiter is not None:
+        await limiter.reset(limiter.limits.sign_in, account)
     new_hash = None
     if security.password_needs_rehash(user.password_hash, iterations=iterations):
         # The iteration count was raised since this hash was made: upgrade it now.
@@ -227,18 +247,20 @@ async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authen
     return Authenticated(user=user, session=user_session)
 
 
-async def sign_out(*, db: Database, session_id: uuid.UUID) -> None:
-    """Revoke a session: its tokens stop working at once."""
+async def sign_out(*, db: Database, pubsub: PubSub | None = None, session_id: uuid.UUID) -> None:
+    """Revoke a session: its tokens stop working at once and its sockets close, on any instance."""
     async with db.session(write=True) as session:
         await session.execute(
             update(UserSession)
             .where(col(UserSession.id) == session_id, col(UserSession.revoked_at).is_(None))
             .values(revoked_at=utcnow())
         )
+    if pubsub is not None:
+        await pubsub.publish(session_channel(session_id), SESSION_REVOKED)
 
 
 async def refresh_session(
-    *, db: Database, keys: Keys, auth: Authenticated, ttl: timedelta
+    *, db: Database, pubsub: PubSub | None = None, keys: Keys, auth: Authenticated, ttl: timedelta
 ) -> IssuedSession:
     """Give the current session a new token (new jti and expiry); the old token stops working."""
     now = utcnow()
@@ -259,6 +281,9 @@ async def refresh_session(
             raise Unauthenticated("Your session has ended; sign in again.")
         user_session = await session.get(UserSession, auth.session.id, populate_existing=True)
     assert user_session is not None
+    if pubsub is not None:
+        # Open sockets of this session move their deadline to the new expiry.
+        await pubsub.publish(session_channel(auth.session.id), SESSION_REFRESHED)
     return _issue(auth.user, user_session, keys=keys)
 
 
@@ -292,3 +317,37 @@ async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[User
             .order_by(col(UserSession.created_at).desc())
         )
         return list(rows.all())
+
+
+async def _session_deadline(db: Database, session_id: uuid.UUID) -> datetime | None:
+    """When the session ends: its expiry, or None when it is revoked or gone."""
+    async with db.session() as session:
+        row = await session.get(UserSession, session_id)
+    if row is None or row.revoked_at is not None:
+        return None
+    return row.expires_at
+
+
+async def wait_for_session_end(*, db: Database, pubsub: PubSub, session_id: uuid.UUID) -> str:
+    """Return "revoked" or "expired" once the session ends (a refresh moves the deadline)."""
+    async with pubsub.subscribe(session_channel(session_id)) as signals:
+        # Read after subscribing, so a sign-out in between is not missed.
+        deadline = await _session_deadline(db, session_id)
+        events = aiter(signals)
+        while True:
+            if deadline is None:
+                return "revoked"
+            remaining = (deadline - utcnow()).total_seconds()
+            if remaining <= 0:
+                return "expired"
+            try:
+                async with asyncio.timeout(remaining):
+                    signal = await anext(events)
+            except TimeoutError:
+                continue
+            except StopAsyncIteration:
+                return "closed"
+            if signal == SESSION_REVOKED:
+                deadline = None
+            elif signal in (SESSION_REFRESHED, RESYNC):
+                deadline = await _session_deadline(db, session_id)
