@@ -62,7 +62,7 @@ class BodyLimitMiddleware:
 
 
 class GraphQLPostGuardMiddleware:
-    """POST /graphql takes JSON only (else 415): form, text and multipart bodies are CSRF vectors."""
+    """POST /graphql takes JSON only (else 415): form, text and multipart are CSRF vectors."""
 
     def __init__(self, app: ASGIApp, *, path: str = "/graphql") -> None:
         self.app = app

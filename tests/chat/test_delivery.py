@@ -248,7 +248,8 @@ async def test_abrupt_disconnect_leaves_no_subscription_or_task_behind(
             await socket.subscribe(MESSAGE_ADDED, {"roomId": room_id})
         await socket.subscribe(INBOX)
         await wait_for_subscribers(server, channel, 5)
-        assert pubsub.subscriber_count == baseline_subscribers + 6
+        # Five room streams, the inbox, and the watcher that closes the socket at sign-out.
+        assert pubsub.subscriber_count == baseline_subscribers + 7
         # Drop the TCP connection without a close frame, like a phone losing its network.
         socket.connection.transport.abort()
         await wait_for_no_subscribers(server, channel)
