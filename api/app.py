@@ -19,7 +19,7 @@ from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
 from api.graphiql import static_app
-from api.middleware import BodyLimitMiddleware, GraphQLPostGuardMiddleware
+from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.state import AppState
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,6 @@ def create_app(
             allow_headers=["Content-Type", "Authorization"],
             max_age=600,
         ),
-        Middleware(GraphQLPostGuardMiddleware),
+        Middleware(GraphQLRequestGuardMiddleware, graphiql=settings.graphiql_enabled),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

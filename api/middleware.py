@@ -61,16 +61,35 @@ class BodyLimitMiddleware:
         await response(scope, receive, send)
 
 
-class GraphQLPostGuardMiddleware:
-    """POST /graphql takes JSON only (else 415): form, text and multipart are CSRF vectors."""
+class GraphQLRequestGuardMiddleware:
+    """Operations only by POST with JSON: form, text and multipart bodies (415) and GET (405)
+    are what a cross-site page can send without a CORS preflight.
 
-    def __init__(self, app: ASGIApp, *, path: str = "/graphql") -> None:
+    A GET that asks for HTML still gets GraphiQL when it is enabled.
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str = "/graphql", graphiql: bool = True) -> None:
         self.app = app
         self.path = path
+        self.graphiql = graphiql
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
-            content_type = Headers(scope=scope).get("content-type", "")
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if scope["method"] in ("GET", "HEAD"):
+            wants_page = "text/html" in headers.get("accept", "") and not scope["query_string"]
+            if not (self.graphiql and wants_page):
+                response = PlainTextResponse(
+                    "GraphQL operations are sent by POST with Content-Type: application/json.",
+                    status_code=405,
+                    headers={"Allow": "POST"},
+                )
+                await response(scope, receive, send)
+                return
+        elif scope["method"] == "POST":
+            content_type = headers.get("content-type", "")
             media_type = content_type.split(";", 1)[0].strip().lower()
             if media_type not in JSON_TYPES:
                 response = PlainTextResponse(

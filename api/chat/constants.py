@@ -14,7 +14,7 @@ DEFAULT_ROOMS_PAGE_SIZE = 20
 # Backlogs (resume, gap fill, resync) are read in chunks so memory stays bounded.
 BACKLOG_CHUNK = 500
 
-MESSAGE_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.+/-]{0,31}$")
+MESSAGE_TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.+/-]{0,31}")  # used with fullmatch
 CLIENT_MESSAGE_ID_MAX_LENGTH = 64
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import load_only
 from sqlmodel import col
 
 from api.chat.constants import (
@@ -75,7 +76,7 @@ def validate_message(
         raise BadUserInput("Message data must not contain NUL characters.")
     if any("\ud800" <= ch <= "\udfff" for ch in data):
         raise BadUserInput("Message data must be valid Unicode (no lone surrogates).")
-    if not MESSAGE_TYPE_PATTERN.match(type):
+    if not MESSAGE_TYPE_PATTERN.fullmatch(type):
         raise BadUserInput(
             "Message type must be a short identifier (a letter, then up to 31 of "
             "letters, digits, '_', '.', '+', '/', '-')."
@@ -206,8 +207,6 @@ async def send_message(
     validate_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
-    if limiter is not None:
-        await limiter.acquire(limiter.limits.messages, str(sender.id))
     return await _store_and_publish(
         db=db,
         pubsub=pubsub,
@@ -217,6 +216,7 @@ async def send_message(
         data=data,
         type=type,
         client_message_id=client_message_id,
+        limiter=limiter,
     )
 
 
@@ -236,8 +236,6 @@ async def send_direct_message(
     validate_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
-    if limiter is not None:
-        await limiter.acquire(limiter.limits.messages, str(sender.id))
     other = await _resolve_peer(db=db, me=sender, name=to)
     return await _store_and_publish(
         db=db,
@@ -248,6 +246,7 @@ async def send_direct_message(
         data=data,
         type=type,
         client_message_id=client_message_id,
+        limiter=limiter,
     )
 
 
@@ -261,7 +260,16 @@ async def _store_and_publish(
     data: str,
     type: str,
     client_message_id: str | None,
+    limiter: RateLimiter | None,
 ) -> MessageView:
+    if limiter is not None:
+        if client_message_id is not None:
+            # A retry of a message already stored is answered, not counted against the limit.
+            async with db.session() as session:
+                existing = await _find_by_client_id(session, room_id, sender, client_message_id)
+            if existing is not None:
+                return existing
+        await limiter.acquire(limiter.limits.messages, str(sender.id))
     try:
         stored = await _store(
             db=db,
@@ -338,7 +346,12 @@ async def publish_message(
 
 
 def _messages_query() -> Any:
-    return select(Message, User).join(User, col(User.id) == col(Message.sender_id))
+    # Only what a sender shows; never load password hashes along with history.
+    return (
+        select(Message, User)
+        .join(User, col(User.id) == col(Message.sender_id))
+        .options(load_only(User.id, User.name, User.created_at))  # type: ignore[arg-type]
+    )
 
 
 def _views(rows: Sequence[Any]) -> list[MessageView]:
@@ -415,7 +428,10 @@ async def list_messages(
         low, high = messages[0].seq, messages[-1].seq
     else:
         # An empty page sits between its cursors.
-        low = (after_seq or 0) + 1 if forward else min(before_seq or last_seq + 1, last_seq + 1)
+        if forward:
+            low = (after_seq or 0) + 1
+        else:
+            low = min(last_seq + 1 if before_seq is None else before_seq, last_seq + 1)
         high = low - 1
         if forward and before_seq is not None:
             high = min(high, before_seq - 1)

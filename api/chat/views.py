@@ -125,7 +125,7 @@ def decode_message_cursor(cursor: str, *, room_id: uuid.UUID) -> int:
         raise BadUserInput("Malformed cursor.")
     kind, _, rest = _b64decode(cursor).partition(":")
     cursor_room, _, seq_text = rest.rpartition(":")
-    if kind != "m" or not seq_text.isdigit() or len(seq_text) > 18:
+    if kind != "m" or not (seq_text.isascii() and seq_text.isdigit()) or len(seq_text) > 18:
         raise BadUserInput("Malformed cursor.")
     if cursor_room != str(room_id):
         raise BadUserInput("That cursor belongs to another room.")
@@ -147,6 +147,9 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         if kind != "r":
             raise ValueError(kind)
-        return datetime.fromisoformat(at_text), uuid.UUID(id_text)
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None:
+            raise ValueError(at_text)
+        return at, uuid.UUID(id_text)
     except ValueError as error:
         raise BadUserInput("Malformed cursor.") from error

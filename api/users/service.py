@@ -77,6 +77,12 @@ def validate_password(password: str) -> None:
         raise BadUserInput(
             f"Password must be {PASSWORD_MIN_LENGTH} to {PASSWORD_MAX_LENGTH} characters long."
         )
+    if _has_lone_surrogate(password):
+        raise BadUserInput("Password must be valid Unicode (no lone surrogates).")
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
 @lru_cache(maxsize=8)
@@ -177,16 +183,20 @@ async def sign_in(
     Failed attempts are counted per account and per client address; over either limit the
     attempt is refused (RATE_LIMITED) before any password is checked.
     """
-    account = name_key(name)[: 4 * NAME_MAX_LENGTH]
+    searchable = _could_be_a_name(name)
+    account = name_key(name)[: 4 * NAME_MAX_LENGTH] if searchable else "-"
     if limiter is not None:
         await limiter.check(limiter.limits.sign_in, account)
         await limiter.check(limiter.limits.sign_in_per_address, address)
     user = None
-    if name and len(name) <= 4 * NAME_MAX_LENGTH and len(password) <= PASSWORD_MAX_LENGTH:
+    if searchable and len(password) <= PASSWORD_MAX_LENGTH:
         async with db.session() as session:
             user = await session.scalar(select(User).where(col(User.name_key) == account))
     encoded = user.password_hash if user else _decoy_hash(keys.pepper, iterations)
-    valid = await _verify(password[:PASSWORD_MAX_LENGTH], encoded, keys=keys)
+    # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
+    encodable = not _has_lone_surrogate(password)
+    candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"
+    valid = await _verify(candidate, encoded, keys=keys) and encodable
     if user is None or not valid:
         if limiter is not None:
             await limiter.count(limiter.limits.sign_in, account)
@@ -287,9 +297,18 @@ async def refresh_session(
     return _issue(auth.user, user_session, keys=keys)
 
 
+def _could_be_a_name(name: str) -> bool:
+    # No account can have such a name; and NUL or lone surrogates must never reach the database.
+    return (
+        0 < len(name) <= 4 * NAME_MAX_LENGTH
+        and "\x00" not in name
+        and not _has_lone_surrogate(name)
+    )
+
+
 async def find_user_by_name(*, db: Database, name: str) -> User | None:
     """The user with that name (compared as the uniqueness key), or None."""
-    if not name or len(name) > 4 * NAME_MAX_LENGTH:
+    if not _could_be_a_name(name):
         return None
     async with db.session() as session:
         return await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
