@@ -7,6 +7,8 @@ import contextlib
 import logging
 from datetime import timedelta
 
+import orjson
+
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send
@@ -54,6 +56,13 @@ class ChatGraphQL(GraphQL[Context, None]):
             for watcher in watchers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+
+    def encode_json(self, data: object) -> str:
+        # orjson is several times faster than json on every response and socket frame; a str
+        # (not bytes) keeps WebSocket frames textual, as graphql-ws clients expect.
+        # (Decoding stays with json: orjson refuses lone surrogates in the body outright, and
+        # the contract wants those reported as BAD_USER_INPUT on the field.)
+        return orjson.dumps(data).decode()
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
