@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from datetime import timedelta
 
@@ -62,7 +63,11 @@ class ChatGraphQL(GraphQL[Context, None]):
         # (not bytes) keeps WebSocket frames textual, as graphql-ws clients expect.
         # (Decoding stays with json: orjson refuses lone surrogates in the body outright, and
         # the contract wants those reported as BAD_USER_INPUT on the field.)
-        return orjson.dumps(data).decode()
+        try:
+            return orjson.dumps(data).decode()
+        except orjson.JSONEncodeError:
+            # A lone surrogate echoed in an error message: json escapes what orjson refuses.
+            return json.dumps(data, separators=(",", ":"))
 
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
