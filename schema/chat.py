@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import strawberry
+from strawberry.types.unset import UNSET, UnsetType
 
 from api.chat import delivery
 from api.chat import service as chat
@@ -21,6 +22,17 @@ from api.chat.views import (
 )
 from schema.context import Info
 from schema.users import UserType
+
+T = TypeVar("T")
+
+
+def given(value: T | UnsetType | None) -> T | None:
+    """An optional argument's value; None when the client left it out.
+
+    Optional arguments default to UNSET rather than None so the exported schema shows them
+    without a default, exactly as the contract writes them.
+    """
+    return None if isinstance(value, UnsetType) else value
 
 
 def _user(view: UserView) -> UserType:
@@ -169,11 +181,11 @@ class ChatQuery:
         description="Rooms of the signed-in user that have messages, most recent activity first."
     )
     async def rooms(
-        self, info: Info, first: int | None = DEFAULT_ROOMS_PAGE_SIZE, after: str | None = None
+        self, info: Info, first: int | None = DEFAULT_ROOMS_PAGE_SIZE, after: str | None = UNSET
     ) -> RoomConnection:
         auth = await info.context.require_auth()
         page = await chat.list_rooms(
-            db=info.context.state.db, user=auth.user, first=first, after=after
+            db=info.context.state.db, user=auth.user, first=first, after=given(after)
         )
         return RoomConnection.from_page(page)
 
@@ -188,20 +200,20 @@ class ChatQuery:
         self,
         info: Info,
         room_id: strawberry.ID,
-        first: int | None = None,
-        after: str | None = None,
-        last: int | None = None,
-        before: str | None = None,
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+        last: int | None = UNSET,
+        before: str | None = UNSET,
     ) -> MessageConnection:
         auth = await info.context.require_auth()
         page = await chat.list_messages(
             db=info.context.state.db,
             user=auth.user,
             room_id=chat.parse_room_id(room_id),
-            first=first,
-            after=after,
-            last=last,
-            before=before,
+            first=given(first),
+            after=given(after),
+            last=given(last),
+            before=given(before),
         )
         return MessageConnection.from_page(page)
 
@@ -215,7 +227,7 @@ class ChatMutation:
         room_id: strawberry.ID,
         data: str,
         type: str = "text",
-        client_message_id: str | None = None,
+        client_message_id: str | None = UNSET,
     ) -> MessageType:
         auth = await info.context.require_auth()
         state = info.context.state
@@ -226,7 +238,7 @@ class ChatMutation:
             room_id=chat.parse_room_id(room_id),
             data=data,
             type=type,
-            client_message_id=client_message_id,
+            client_message_id=given(client_message_id),
             max_length=state.settings.message_max_length,
             limiter=state.limiter,
         )
@@ -239,7 +251,7 @@ class ChatMutation:
         to: str,
         data: str,
         type: str = "text",
-        client_message_id: str | None = None,
+        client_message_id: str | None = UNSET,
     ) -> MessageType:
         auth = await info.context.require_auth()
         state = info.context.state
@@ -250,7 +262,7 @@ class ChatMutation:
             to=to,
             data=data,
             type=type,
-            client_message_id=client_message_id,
+            client_message_id=given(client_message_id),
             max_length=state.settings.message_max_length,
             limiter=state.limiter,
         )
@@ -266,7 +278,7 @@ class ChatSubscription:
         )
     )
     async def message_added(
-        self, info: Info, room_id: strawberry.ID, after: str | None = None
+        self, info: Info, room_id: strawberry.ID, after: str | None = UNSET
     ) -> AsyncGenerator[MessageType, None]:
         auth = await info.context.require_auth()
         state = info.context.state
@@ -275,7 +287,7 @@ class ChatSubscription:
             pubsub=state.pubsub,
             user_id=auth.user.id,
             room_id=chat.parse_room_id(room_id),
-            after=after,
+            after=given(after),
         ):
             yield MessageType.from_view(message)
 

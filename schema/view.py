@@ -9,7 +9,6 @@ import logging
 from datetime import timedelta
 
 import orjson
-
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.types import Receive, Scope, Send

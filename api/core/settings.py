@@ -145,16 +145,28 @@ class Settings(BaseSettings):
         # Kept on disk so sessions survive a restart of the development server.
         path = self.data_dir / "secret_key"
         if path.exists():
-            return path.read_bytes().strip()
+            stored = path.read_bytes().strip()
+            if len(stored) < MIN_SECRET_BYTES:
+                raise ConfigurationError(
+                    f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes; delete the "
+                    "file to have a new one generated, or set SECRET_KEY."
+                )
+            return stored
         self.data_dir.mkdir(parents=True, exist_ok=True)
         value = secrets.token_urlsafe(48).encode()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            # Another worker won the race; use the secret it wrote.
-            return path.read_bytes().strip()
+        # Written whole to a private temporary file, then linked into place: another process
+        # never sees a half-written secret, and only the first link wins.
+        temporary = path.with_name(f".secret_key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(value)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            # Another process won the race; use the secret it wrote.
+            return self._development_secret()
+        finally:
+            temporary.unlink()
         log.warning(
             "SECRET_KEY is not set: generated a development secret in %s. "
             "Set SECRET_KEY in production.",

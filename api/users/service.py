@@ -91,6 +91,11 @@ def _decoy_hash(pepper: bytes, iterations: int) -> str:
     return security.hash_password("decoy password", pepper=pepper, iterations=iterations)
 
 
+async def _decoy(*, keys: Keys, iterations: int) -> str:
+    # The first call computes a full-cost hash: off the loop like every other hash.
+    return await asyncio.to_thread(_decoy_hash, keys.pepper, iterations)
+
+
 async def _hash(password: str, *, keys: Keys, iterations: int) -> str:
     # PBKDF2 at 600k iterations takes hundreds of milliseconds: keep it off the event loop.
     return await asyncio.to_thread(
@@ -192,7 +197,7 @@ async def sign_in(
     if searchable and len(password) <= PASSWORD_MAX_LENGTH:
         async with db.session() as session:
             user = await session.scalar(select(User).where(col(User.name_key) == account))
-    encoded = user.password_hash if user else _decoy_hash(keys.pepper, iterations)
+    encoded = user.password_hash if user else await _decoy(keys=keys, iterations=iterations)
     # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
     encodable = not _has_lone_surrogate(password)
     candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"

@@ -74,6 +74,9 @@ def instance_env(database_url: str, broadcast_url: str, data_dir: Path) -> dict[
         SECRET_KEY=TEST_SECRET,
         PBKDF2_ITERATIONS=str(TEST_ITERATIONS),
         DATA_DIR=str(data_dir),
+        RATE_LIMIT_MESSAGES="0",
+        RATE_LIMIT_SIGN_IN="0",
+        RATE_LIMIT_SIGN_IN_PER_ADDRESS="0",
     )
     return env
 
