@@ -76,6 +76,7 @@ def create_app(
         try:
             yield
         finally:
+            await limiter.close()
             await pubsub.disconnect()
             await db.dispose()
 

@@ -58,8 +58,19 @@ class RateLimiter:
     """Checks and counts actions against limits; RATE_LIMITED with retryAfterMs when over."""
 
     def __init__(self, storage: Storage, limits: Limits) -> None:
+        self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self.limits = limits
+
+    async def close(self) -> None:
+        """Close the counter store's connections (limits has no public close; its Redis
+        storage keeps a redis-py client on its bridge)."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        if client is not None and hasattr(client, "aclose"):
+            try:
+                await client.aclose()
+            except Exception as error:  # noqa: BLE001 - closing a dead connection may fail
+                log.debug("closing rate limit storage: %s", error)
 
     async def _retry_after_ms(self, limit: Limit, key: str) -> int | None:
         """None while every rate has room, else how long until the tightest one has."""
