@@ -21,6 +21,7 @@ from strawberry.types import ExecutionContext
 
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.errors import format_errors
+from schema.fanout import SharedEventExecutor
 from schema.users import UsersMutation, UsersQuery
 
 Query = merge_types("Query", (UsersQuery, ChatQuery))
@@ -63,6 +64,7 @@ def build_schema(
         subscription=ChatSubscription,
         extensions=all_extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
+        execution_context_class=SharedEventExecutor,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, TypeVar
 
 import strawberry
@@ -21,6 +22,7 @@ from api.chat.views import (
     encode_room_cursor,
 )
 from schema.context import Info
+from schema.fanout import shareable
 from schema.users import UserType
 
 T = TypeVar("T")
@@ -39,6 +41,7 @@ def _user(view: UserView) -> UserType:
     return UserType(id=strawberry.ID(str(view.id)), name=view.name, created_at=view.created_at)
 
 
+@shareable
 @strawberry.type(name="Message")
 class MessageType:
     id: strawberry.ID
@@ -72,6 +75,13 @@ class MessageType:
             client_message_id=view.client_message_id,
             cursor=view.cursor,
         )
+
+
+@lru_cache(maxsize=4096)
+def shared_message(view: MessageView) -> MessageType:
+    """One MessageType per delivered message, the same object for every subscriber, so its
+    result is computed once (schema.fanout)."""
+    return MessageType.from_view(view)
 
 
 @strawberry.type(
@@ -289,7 +299,7 @@ class ChatSubscription:
             room_id=chat.parse_room_id(room_id),
             after=given(after),
         ):
-            yield MessageType.from_view(message)
+            yield shared_message(message)
 
     @strawberry.subscription(
         description=(
@@ -302,4 +312,4 @@ class ChatSubscription:
         async for message in delivery.follow_inbox(
             db=state.db, pubsub=state.pubsub, user_id=auth.user.id
         ):
-            yield MessageType.from_view(message)
+            yield shared_message(message)
