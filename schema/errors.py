@@ -6,6 +6,7 @@ import logging
 import uuid
 
 from graphql import GraphQLError
+from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from api.core.errors import DomainError
 
@@ -21,6 +22,10 @@ def format_errors(errors: list[GraphQLError]) -> None:
         if isinstance(original, DomainError):
             # graphql-core copied original.extensions (with the code) already; keep the message.
             error.extensions = dict(original.extensions)
+            continue
+        if isinstance(original, InvalidOperationTypeError):
+            # For example a query sent over the legacy graphql-ws protocol, which only streams.
+            error.extensions = {"code": "BAD_REQUEST"}
             continue
         if original is None or isinstance(original, GraphQLError):
             # Syntax, validation and variable-coercion errors are the client's to fix.

@@ -7,10 +7,14 @@ an outage of Redis must not stop people from chatting.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -61,6 +65,7 @@ class RateLimiter:
         self._storage = storage
         self._limiter = MovingWindowRateLimiter(storage)
         self.limits = limits
+        self._in_flight: dict[tuple[str, str], list[Any]] = {}
 
     async def close(self) -> None:
         """Close the counter store's connections (limits has no public close; its Redis
@@ -116,6 +121,26 @@ class RateLimiter:
             raise
         except Exception as error:  # noqa: BLE001 - fail open when the counter store is down
             log.warning("rate limit for %s failed open: %s", limit.name, error)
+
+    @asynccontextmanager
+    async def in_flight(self, limit: Limit, key: str, *, at_most: int = 4) -> AsyncIterator[None]:
+        """Cap concurrent actions per key in this process, for limits counted after the fact:
+        parallel requests can then add at most `at_most` uncounted tries per instance."""
+        if not limit.enabled:
+            yield
+            return
+        slot = (limit.name, key)
+        entry = self._in_flight.get(slot)
+        if entry is None:
+            entry = self._in_flight[slot] = [asyncio.Semaphore(at_most), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._in_flight[slot]
 
     async def reset(self, limit: Limit, key: str) -> None:
         """Forget a key's counts (after a successful sign-in, failures no longer matter)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -171,6 +172,28 @@ async def sign_up(
     return _issue(user, user_session, keys=keys)
 
 
+async def _check_password(
+    *,
+    db: Database,
+    keys: Keys,
+    password: str,
+    iterations: int,
+    account: str,
+    searchable: bool,
+) -> User | None:
+    """The account's user if the password is right; the same work whether or not it exists."""
+    user = None
+    if searchable and len(password) <= PASSWORD_MAX_LENGTH:
+        async with db.session() as session:
+            user = await session.scalar(select(User).where(col(User.name_key) == account))
+    encoded = user.password_hash if user else await _decoy(keys=keys, iterations=iterations)
+    # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
+    encodable = not _has_lone_surrogate(password)
+    candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"
+    valid = await _verify(candidate, encoded, keys=keys) and encodable
+    return user if valid else None
+
+
 async def sign_in(
     *,
     db: Database,
@@ -185,26 +208,33 @@ async def sign_in(
 ) -> IssuedSession:
     """Open a new session; unknown name and wrong password fail alike, at the same cost.
 
-    Failed attempts are counted per account and per client address; over either limit the
-    attempt is refused (RATE_LIMITED) before any password is checked.
+    Over either limit the attempt is refused (RATE_LIMITED) before any password is checked.
+    An account's attempt is counted before its password is checked, so parallel guesses get
+    no more tries than the limit (a success clears the count). An address's failures are
+    counted after the check, so its people can sign in as often as they like, and its
+    checks in flight are capped, so parallel guesses add only that many tries.
     """
     searchable = _could_be_a_name(name)
     account = name_key(name)[: 4 * NAME_MAX_LENGTH] if searchable else "-"
     if limiter is not None:
-        await limiter.check(limiter.limits.sign_in, account)
         await limiter.check(limiter.limits.sign_in_per_address, address)
-    user = None
-    if searchable and len(password) <= PASSWORD_MAX_LENGTH:
-        async with db.session() as session:
-            user = await session.scalar(select(User).where(col(User.name_key) == account))
-    encoded = user.password_hash if user else await _decoy(keys=keys, iterations=iterations)
-    # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
-    encodable = not _has_lone_surrogate(password)
-    candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"
-    valid = await _verify(candidate, encoded, keys=keys) and encodable
-    if user is None or not valid:
+        await limiter.acquire(limiter.limits.sign_in, account)
+    guard = (
+        limiter.in_flight(limiter.limits.sign_in_per_address, address)
+        if limiter is not None
+        else contextlib.nullcontext()
+    )
+    async with guard:
+        user = await _check_password(
+            db=db,
+            keys=keys,
+            password=password,
+            iterations=iterations,
+            account=account,
+            searchable=searchable,
+        )
+    if user is None:
         if limiter is not None:
-            await limiter.count(limiter.limits.sign_in, account)
             await limiter.count(limiter.limits.sign_in_per_address, address)
         raise Unauthenticated(SIGN_IN_FAILED)
     if limiter is not None:

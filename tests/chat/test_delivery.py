@@ -276,3 +276,17 @@ async def test_completing_a_subscription_unsubscribes_its_channel(
         await follow.stop()
         await wait_for_no_subscribers(server, channel)
     assert server.app.state.chat.pubsub.subscribers(channel) == 0
+
+
+async def test_a_query_over_the_legacy_protocol_is_a_client_error_not_an_internal_one(
+    server: RunningServer, make_client
+) -> None:
+    client = make_client()
+    await client.sign_up()
+    async with GraphQLWebSocket.connect(
+        server.ws_url, cookie=client.session_cookie, protocol="graphql-ws"
+    ) as socket:
+        operation = await socket.subscribe("query { me { name } }")
+        message = await operation.next_message()
+    errors = message["payload"]["errors"] if message["type"] == "data" else [message["payload"]]
+    assert errors[0]["extensions"]["code"] == "BAD_REQUEST", message
