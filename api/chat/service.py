@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -135,11 +137,41 @@ async def open_direct_room(*, db: Database, me: User, with_name: str) -> RoomVie
     return room
 
 
+class _MemberCache:
+    """Members of direct rooms by room id. A direct room's members never change (its id is
+    derived from them), so an entry never goes stale; bounded, least recently used out."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self.size = size
+        self.entries: OrderedDict[uuid.UUID, list[uuid.UUID]] = OrderedDict()
+
+    def get(self, room_id: uuid.UUID) -> list[uuid.UUID] | None:
+        members = self.entries.get(room_id)
+        if members is not None:
+            self.entries.move_to_end(room_id)
+        return members
+
+    def put(self, room_id: uuid.UUID, members: list[uuid.UUID]) -> None:
+        self.entries[room_id] = members
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+_direct_members = _MemberCache()
+
+
 async def _member_ids(session: AsyncSession, room_id: uuid.UUID) -> list[uuid.UUID]:
+    cached = _direct_members.get(room_id)
+    if cached is not None:
+        return cached
     rows = await session.scalars(
         select(col(RoomMember.user_id)).where(col(RoomMember.room_id) == room_id)
     )
-    return list(rows.all())
+    members = list(rows.all())
+    if len(members) == 2:
+        # Only direct rooms exist today; a future group room kind must not be cached here.
+        _direct_members.put(room_id, members)
+    return members
 
 
 async def _require_member(
@@ -306,7 +338,7 @@ async def _store(
     client_message_id: str | None,
 ) -> tuple[MessageView, list[uuid.UUID], bool]:
     async with db.session(write=True) as session:
-        if peer_id is not None:
+        if peer_id is not None and _direct_members.get(room_id) is None:
             await _ensure_direct_room(session, db, sender.id, peer_id)
         member_ids = await _require_member(session, room_id, sender.id)
         if client_message_id is not None:
@@ -314,25 +346,61 @@ async def _store(
             if existing is not None:
                 return existing, member_ids, False
         now = utcnow()
-        seq = await session.scalar(
-            update(Room)
-            .where(col(Room.id) == room_id)
-            .values(last_seq=col(Room.last_seq) + 1, last_activity_at=now)
-            .returning(col(Room.last_seq))
-        )
-        assert seq is not None
-        message = Message(
+        values = {
+            "room_id": room_id,
+            "sender_id": sender.id,
+            "type": type,
+            "data": data,
+            "client_message_id": client_message_id,
+            "created_at": now,
+        }
+        message_id, seq = await _insert_next(session, db, room_id, now, values)
+        view = MessageView(
+            id=message_id,
             room_id=room_id,
             seq=seq,
-            sender_id=sender.id,
+            sender=user_view(sender),
             type=type,
             data=data,
-            client_message_id=client_message_id,
             created_at=now,
+            client_message_id=client_message_id,
         )
-        session.add(message)
-        await session.flush()
-        return _message_view(message, user_view(sender)), member_ids, True
+        return view, member_ids, True
+
+
+async def _insert_next(
+    session: AsyncSession, db: Database, room_id: uuid.UUID, now: datetime, values: dict[str, Any]
+) -> tuple[int, int]:
+    """Take the room's next seq and insert the message with it: (message id, seq).
+
+    The UPDATE locks the room row until commit, so concurrent senders queue there and seq
+    order is commit order. On PostgreSQL both happen in one statement (one round trip).
+    """
+    bump = (
+        update(Room)
+        .where(col(Room.id) == room_id)
+        .values(last_seq=col(Room.last_seq) + 1, last_activity_at=now)
+        .returning(col(Room.last_seq))
+    )
+    table = Message.__table__  # type: ignore[attr-defined]
+    if not db.is_sqlite:
+        bumped = bump.cte("bumped")
+        columns = [*values, "seq"]
+        source = select(
+            *(literal(v, type_=table.c[k].type) for k, v in values.items()), bumped.c.last_seq
+        )
+        statement = insert(table).from_select(columns, source).returning(table.c.id, table.c.seq)
+        row = (await session.execute(statement)).one()
+        return int(row.id), int(row.seq)
+    # SQLite has no UPDATE inside WITH; two statements in the same (exclusive) transaction.
+    seq = await session.scalar(bump)
+    assert seq is not None
+    row = (
+        await session.execute(
+            insert(table).values(**values, seq=seq).returning(table.c.id, table.c.seq)
+        )
+    ).one()
+    return int(row.id), int(row.seq)
 
 
 async def publish_message(
