@@ -116,6 +116,15 @@ class PageInfo:
     start_cursor: str | None
     end_cursor: str | None
 
+    @classmethod
+    def of(cls, page: MessagePage | RoomPage, cursors: list[str]) -> PageInfo:
+        return cls(
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            start_cursor=cursors[0] if cursors else None,
+            end_cursor=cursors[-1] if cursors else None,
+        )
+
 
 @strawberry.type
 class MessageEdge:
@@ -131,15 +140,7 @@ class MessageConnection:
     @classmethod
     def from_page(cls, page: MessagePage) -> MessageConnection:
         edges = [MessageEdge(cursor=m.cursor, node=MessageType.from_view(m)) for m in page.messages]
-        return cls(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                has_previous_page=page.has_previous_page,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-        )
+        return cls(edges=edges, page_info=PageInfo.of(page, [edge.cursor for edge in edges]))
 
 
 @strawberry.type
@@ -158,15 +159,7 @@ class RoomConnection:
         edges = [
             RoomEdge(cursor=encode_room_cursor(r), node=RoomType.from_view(r)) for r in page.rooms
         ]
-        return cls(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=page.has_next_page,
-                has_previous_page=page.has_previous_page,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-        )
+        return cls(edges=edges, page_info=PageInfo.of(page, [edge.cursor for edge in edges]))
 
 
 @strawberry.type
