@@ -7,13 +7,15 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from graphql.validation import NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
+    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
@@ -52,12 +54,21 @@ def build_schema(
     if max_tokens:
         # Checked while parsing, so a huge document costs little before it is refused.
         all_extensions.append(lambda: MaxTokensLimiter(max_token_count=max_tokens))
+    # The rule classes are made once: the validation cache is keyed by them, and limiters
+    # built per request would make a new class (and a cache miss) every time.
+    rules: list[type[ASTValidationRule]] = []
     if max_depth:
-        all_extensions.append(lambda: QueryDepthLimiter(max_depth=max_depth))
+        rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
     if max_aliases:
-        all_extensions.append(lambda: MaxAliasesLimiter(max_alias_count=max_aliases))
+        rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
     if production:
-        all_extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
+        rules.append(NoSchemaIntrospectionCustomRule)
+    if rules:
+        all_extensions.append(lambda: AddValidationRules(rules))
+    # Clients send the same few documents over and over: parse and validate each once.
+    # Bounded, so distinct hostile documents cannot grow memory.
+    all_extensions.append(lambda: ParserCache(maxsize=512))
+    all_extensions.append(lambda: ValidationCache(maxsize=512))
     return ChatSchema(
         query=Query,
         mutation=Mutation,
