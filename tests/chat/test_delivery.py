@@ -290,3 +290,11 @@ async def test_a_query_over_the_legacy_protocol_is_a_client_error_not_an_interna
         message = await operation.next_message()
     errors = message["payload"]["errors"] if message["type"] == "data" else [message["payload"]]
     assert errors[0]["extensions"]["code"] == "BAD_REQUEST", message
+
+
+async def test_a_subscription_sent_by_plain_post_is_refused_clearly(make_client) -> None:
+    client = make_client()
+    await client.sign_up()
+    response = await client.http.post("/graphql", json={"query": INBOX})
+    assert response.status_code == 400
+    assert "subscriptions are not allowed" in response.text
