@@ -271,17 +271,35 @@ async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authen
         user_id = uuid.UUID(claims.user_id)
     except ValueError as error:
         raise Unauthenticated() from error
-    async with db.session() as session:
+    # Every authenticated request runs this: one Core query, no ORM session.
+    sessions, users = UserSession.__table__, User.__table__  # type: ignore[attr-defined]
+    async with db.read() as connection:
         row = (
-            await session.execute(
-                select(UserSession, User)
-                .join(User, col(User.id) == col(UserSession.user_id))
-                .where(col(UserSession.id) == session_id, col(UserSession.user_id) == user_id)
+            await connection.execute(
+                select(sessions, users.c.name, users.c.name_key, users.c.password_hash)
+                .add_columns(users.c.created_at.label("user_created_at"))
+                .join(users, users.c.id == sessions.c.user_id)
+                .where(sessions.c.id == session_id, sessions.c.user_id == user_id)
             )
         ).first()
     if row is None:
         raise Unauthenticated("Your session has ended; sign in again.")
-    user_session, user = row
+    user_session = UserSession(
+        id=row.id,
+        user_id=row.user_id,
+        jti=row.jti,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        user_agent=row.user_agent,
+    )
+    user = User(
+        id=row.user_id,
+        name=row.name,
+        name_key=row.name_key,
+        password_hash=row.password_hash,
+        created_at=row.user_created_at,
+    )
     if (
         user_session.revoked_at is not None
         or user_session.expires_at <= utcnow()
