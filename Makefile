@@ -34,7 +34,7 @@ test-postgres: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy api schema migrations tests
+	$(BIN)/mypy api schema migrations tests bench
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -50,3 +50,7 @@ lock:
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmarks (see bench/README.md); e.g. `make bench ARGS="--stack pg --scenario fanout"`.
+bench: install
+	$(BIN)/python -m bench.run $(ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +67,10 @@ def create_app(
                 sign_in_per_address=settings.rate_limit_sign_in_per_address,
             ),
         )
+        # Everything alive now (modules, schema, pools) lives as long as the process: move it
+        # out of the collector's generations, so full collections scan only per-socket state.
+        gc.collect()
+        gc.freeze()
         app.state.chat = AppState(
             settings=settings,
             keys=derive_keys(settings.secret),

@@ -294,7 +294,7 @@ async def _store_and_publish(
     client_message_id: str | None,
     limiter: RateLimiter | None,
 ) -> MessageView:
-    if limiter is not None:
+    if limiter is not None and limiter.limits.messages.enabled:
         if client_message_id is not None:
             # A retry of a message already stored is answered, not counted against the limit.
             async with db.session() as session:

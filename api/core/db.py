@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -120,7 +121,13 @@ def _unavailable_when_unreachable() -> Iterator[None]:
     """Turn "cannot reach the database" into SERVICE_UNAVAILABLE; other errors pass."""
     try:
         yield
-    except (TimeoutError, OperationalError, OSError, ConnectionError) as error:
+    except (
+        TimeoutError,
+        SQLAlchemyTimeoutError,  # no pooled connection free in time: overloaded, retry
+        OperationalError,
+        OSError,
+        ConnectionError,
+    ) as error:
         log.warning("database unavailable: %s", error)
         raise ServiceUnavailable() from error
     except DBAPIError as error:

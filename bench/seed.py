@@ -1,0 +1,213 @@
+"""Bulk-loading history straight into the app's `messages` table, and the SQL of a history page.
+
+PostgreSQL: COPY (asyncpg copy_records_to_table), then rooms.last_seq and VACUUM ANALYZE.
+SQLite: executemany in large transactions; ids, timestamps and uuids are stored in the formats
+of a row the app itself wrote (the room's first message, sent through the API).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.loadgen import summarize_ms
+from bench.stack import Stack
+
+BATCH = 100_000
+
+
+def _data(seq: int, size: int) -> str:
+    text = f"history message {seq} "
+    return text + "x" * max(0, size - len(text))
+
+
+async def seed_messages(
+    stack: Stack,
+    *,
+    room_id: str,
+    sender_ids: list[str],
+    first_seq: int,
+    count: int,
+    message_bytes: int = 100,
+) -> None:
+    last_seq = first_seq + count - 1
+    if stack.is_sqlite:
+        await asyncio.to_thread(
+            _seed_sqlite, str(stack.sqlite_path), room_id, first_seq, count, message_bytes
+        )
+        return
+    import asyncpg
+
+    room = uuid.UUID(room_id)
+    senders = [uuid.UUID(value) for value in sender_ids]
+    base = datetime.now(UTC)
+    conn = await asyncpg.connect(stack.asyncpg_dsn)
+    try:
+
+        def records() -> Any:
+            for seq in range(first_seq, last_seq + 1):
+                yield (
+                    room,
+                    seq,
+                    senders[seq % 2],
+                    "text",
+                    _data(seq, message_bytes),
+                    None,
+                    base + timedelta(microseconds=seq),
+                )
+
+        await conn.copy_records_to_table(
+            "messages",
+            records=records(),
+            columns=[
+                "room_id",
+                "seq",
+                "sender_id",
+                "type",
+                "data",
+                "client_message_id",
+                "created_at",
+            ],
+        )
+        await conn.execute(
+            "UPDATE rooms SET last_seq = $1, last_activity_at = $2 WHERE id = $3",
+            last_seq,
+            base + timedelta(microseconds=last_seq),
+            room,
+        )
+        await conn.execute("VACUUM ANALYZE messages")
+        await conn.execute("ANALYZE rooms")
+        await conn.execute("ANALYZE room_members")
+        await conn.execute("ANALYZE users")
+    finally:
+        await conn.close()
+
+
+def _seed_sqlite(path: str, room_id: str, first_seq: int, count: int, size: int) -> None:
+    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    try:
+        # Copy the stored formats (uuid as hex, timestamps as text) from the app's own row.
+        row = con.execute(
+            "SELECT room_id, sender_id, created_at FROM messages WHERE seq = 1 AND room_id IN "
+            "(SELECT id FROM rooms WHERE last_seq = 1) ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise RuntimeError("the room's first message (sent through the API) is missing")
+        room_raw, sender_raw, created_raw = row
+        if str(room_raw).replace("-", "") != uuid.UUID(room_id).hex:
+            raise RuntimeError(f"unexpected room id format {room_raw!r}")
+        (other_raw,) = con.execute(
+            "SELECT user_id FROM room_members WHERE room_id = ? AND user_id != ?",
+            (room_raw, sender_raw),
+        ).fetchone()
+        senders = [sender_raw, other_raw]
+        last_seq = first_seq + count - 1
+        insert = (
+            "INSERT INTO messages (room_id, seq, sender_id, type, data, client_message_id, "
+            "created_at) VALUES (?, ?, ?, 'text', ?, NULL, ?)"
+        )
+        for start in range(first_seq, last_seq + 1, BATCH):
+            stop = min(last_seq + 1, start + BATCH)
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(
+                insert,
+                (
+                    (room_raw, seq, senders[seq % 2], _data(seq, size), created_raw)
+                    for seq in range(start, stop)
+                ),
+            )
+            con.execute("COMMIT")
+        con.execute(
+            "UPDATE rooms SET last_seq = ?, last_activity_at = ? WHERE id = ?",
+            (last_seq, created_raw, room_raw),
+        )
+        con.execute("ANALYZE")
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        con.close()
+
+
+def history_sql(dialect: str, room_id: str, before_seq: int | None) -> str:
+    """The history page query the app issues (built by its own query builder), literal."""
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlmodel import col
+
+    from api.chat.models import Message
+    from api.chat.service import _messages_query
+
+    query: Any = _messages_query().where(col(Message.room_id) == uuid.UUID(room_id))
+    if before_seq is not None:
+        query = query.where(col(Message.seq) < before_seq)
+    query = query.order_by(col(Message.seq).desc()).limit(50)
+    compiled = query.compile(
+        dialect=sqlite.dialect() if dialect == "sqlite" else postgresql.dialect(),  # type: ignore[no-untyped-call]
+        compile_kwargs={"literal_binds": True},
+    )
+    return str(compiled)
+
+
+async def explain_history(
+    stack: Stack, *, room_id: str, before_seqs: dict[str, int | None], repeat: int = 200
+) -> dict[str, Any]:
+    """EXPLAIN (ANALYZE) of each page's SQL, and its latency alone (no HTTP, no ORM)."""
+    out: dict[str, Any] = {}
+    if stack.is_sqlite:
+        return await asyncio.to_thread(
+            _explain_sqlite, str(stack.sqlite_path), room_id, before_seqs, repeat
+        )
+    import asyncpg
+
+    conn = await asyncpg.connect(stack.asyncpg_dsn)
+    try:
+        for name, before in before_seqs.items():
+            sql = history_sql("postgresql", room_id, before)
+            plan_rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+            plan = [row[0] for row in plan_rows]
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                rows = await conn.fetch(sql)
+                times.append(time.perf_counter() - t0)
+            assert len(rows) == 50
+            out[name] = {
+                "sql": sql,
+                "plan": plan,
+                "index_used": any("uq_messages_room_seq" in line for line in plan),
+                "alone_ms": summarize_ms(times),
+            }
+    finally:
+        await conn.close()
+    return out
+
+
+def _explain_sqlite(
+    path: str, room_id: str, before_seqs: dict[str, int | None], repeat: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    con = sqlite3.connect(path, timeout=60)
+    try:
+        for name, before in before_seqs.items():
+            sql = history_sql("sqlite", room_id, before)
+            plan = [" | ".join(map(str, row)) for row in con.execute("EXPLAIN QUERY PLAN " + sql)]
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                rows = con.execute(sql).fetchall()
+                times.append(time.perf_counter() - t0)
+            assert len(rows) == 50, len(rows)
+            out[name] = {
+                "sql": sql,
+                "plan": plan,
+                # "SEARCH messages USING INDEX ..." (a full scan reads "SCAN messages").
+                "index_used": any(
+                    line.split(" | ")[-1].startswith("SEARCH messages USING") for line in plan
+                ),
+                "alone_ms": summarize_ms(times),
+            }
+    finally:
+        con.close()
+    return out

@@ -1,0 +1,309 @@
+"""The stack under test: a fresh database per run, and server processes started and stopped here.
+
+Stacks: sqlite (a temp file, memory:// pub/sub), pg (a fresh `bench_<random>` database,
+memory://), pg-redis (the same with redis:// pub/sub and, by default, two server processes).
+Migrations are applied with `chat-backend migrate`; servers are `chat-backend serve` (through
+bench/serve.py, which raises the open-files limit and then exec()s, so the pid is the server's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+from bench.loadgen import Endpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+STACKS = ("sqlite", "pg", "pg-redis")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path="/" + database))
+
+
+@dataclass
+class Server:
+    kind: str  # "app" or "relay"
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.port)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    async def wait_ready(self, limit_s: float = 60.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.kind} server exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                await writer.drain()
+                head = await asyncio.wait_for(reader.read(64), 5)
+                writer.close()
+                if head.startswith(b"HTTP/1.1 200"):
+                    return
+            except (OSError, TimeoutError):
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.kind} server not ready after {limit_s}s:\n{self.log_tail()}")
+
+    async def stop(self, limit_s: float = 40.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.process.wait), limit_s)
+        except TimeoutError:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)
+
+
+def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> Any:
+    """Start a server process (returns at once) with its output in a log file."""
+    with open(log, "wb") as handle:
+        return subprocess.Popen(argv, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+
+
+class Stack:
+    """One run's database and broker; starts servers against them."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pg_admin_url: str,
+        redis_url: str,
+        workdir: Path,
+        keep_db: bool = False,
+        nice: int = 0,
+    ) -> None:
+        if name not in STACKS:
+            raise ValueError(f"unknown stack {name!r}; one of {STACKS}")
+        self.name = name
+        self.pg_admin_url = pg_admin_url
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.keep_db = keep_db
+        self.nice = nice
+        self.db_name = ""
+        self.database_url = ""
+        self.sqlite_path: Path | None = None
+        self.secret = secrets.token_urlsafe(48)
+        self.servers: list[Server] = []
+        self._tmp: str | None = None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite"
+
+    @property
+    def default_instances(self) -> int:
+        return 2 if self.name == "pg-redis" else 1
+
+    def broadcast_url(self, override: str | None = None) -> str:
+        if override:
+            return override
+        return self.redis_url if self.name == "pg-redis" else "memory://"
+
+    @property
+    def infra_filter(self) -> dict[str, str]:
+        """Only this run's PostgreSQL backends (others' tests may share the server)."""
+        return {"postgres": f" {self.db_name} "} if self.db_name else {}
+
+    def renice_database(self) -> int:
+        """Give this run's PostgreSQL backends the bench priority (those open now)."""
+        if not self.nice or not self.db_name:
+            return 0
+        from bench.procs import pids_named
+
+        count = 0
+        for pid in pids_named("postgres", cmdline_contains=self.infra_filter):
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, self.nice)
+                count += 1
+            except OSError:
+                pass
+        return count
+
+    def meter(self, servers: list[Server]) -> Any:
+        from bench.procs import CpuMeter
+
+        return CpuMeter([s.pid for s in servers], self.infra_process_names, self.infra_filter)
+
+    @property
+    def infra_process_names(self) -> tuple[str, ...]:
+        if self.name == "sqlite":
+            return ()
+        if self.name == "pg":
+            return ("postgres",)
+        return ("postgres", "redis-server")
+
+    async def setup(self) -> None:
+        self._tmp = tempfile.mkdtemp(prefix="chat-bench-")
+        if self.is_sqlite:
+            self.sqlite_path = Path(self._tmp) / "chat.db"
+            self.database_url = f"sqlite+aiosqlite:///{self.sqlite_path}"
+        else:
+            import asyncpg
+
+            self.db_name = "bench_" + secrets.token_hex(4)
+            admin = await asyncpg.connect(self.pg_admin_url.replace("+asyncpg", ""))
+            try:
+                await admin.execute(f'CREATE DATABASE "{self.db_name}"')
+            finally:
+                await admin.close()
+            base = self.pg_admin_url
+            if base.startswith("postgresql://"):
+                base = "postgresql+asyncpg://" + base[len("postgresql://") :]
+            self.database_url = _with_database(base, self.db_name)
+        migrate = await asyncio.create_subprocess_exec(
+            str(BIN / "chat-backend"),
+            "migrate",
+            env=self.env(),
+            cwd=self._tmp,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await migrate.communicate()
+        if migrate.returncode != 0:
+            raise RuntimeError(f"chat-backend migrate failed:\n{output.decode(errors='replace')}")
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        return self.database_url.replace("postgresql+asyncpg://", "postgresql://")
+
+    def env(
+        self, broadcast: str | None = None, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            # Nothing of a developer's own configuration leaks into the bench server.
+            if key in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+        }
+        env.update(
+            {
+                "ENVIRONMENT": "development",
+                "DATA_DIR": str(Path(self._tmp or ".") / "data"),
+                "DATABASE_URL": self.database_url,
+                "BROADCAST_URL": self.broadcast_url(broadcast),
+                "SECRET_KEY": self.secret,
+                "PBKDF2_ITERATIONS": "1000",
+                "RATE_LIMIT_MESSAGES": "0",
+                "RATE_LIMIT_SIGN_IN": "0",
+                "RATE_LIMIT_SIGN_IN_PER_ADDRESS": "0",
+                "COOKIE_SECURE": "false",
+                "GRAPHIQL": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(extra or {})
+        return env
+
+    async def start(
+        self,
+        count: int = 1,
+        *,
+        kind: str = "app",
+        broadcast: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        label: str = "",
+    ) -> list[Server]:
+        """Start `count` servers (app or relay) and wait until each answers /healthz."""
+        started = []
+        for index in range(count):
+            port = free_port()
+            log_path = Path(self._tmp or ".") / f"server-{label or kind}-{index}-{port}.log"
+            if kind == "app":
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "bench.serve",
+                    "app",
+                    "--",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ]
+            else:
+                argv = [sys.executable, "-m", "bench.serve", "relay", "--port", str(port)]
+            env = self.env(broadcast, extra_env)
+            env["PYTHONPATH"] = str(ROOT)
+            if self.nice:
+                env["BENCH_NICE"] = str(self.nice)
+            for name in (
+                "BENCH_GC_LOG",
+                "BENCH_GC_LOG_OBJECTS",
+                "BENCH_GC_THRESHOLD",
+                "BENCH_GC_FREEZE_EVERY",
+            ):
+                if os.environ.get(name):
+                    env[name] = os.environ[name]
+            process = _spawn(argv, env, self._tmp, log_path)
+            server = Server(kind=kind, port=port, process=process, log_path=log_path, env=env)
+            started.append(server)
+            self.servers.append(server)
+        for server in started:
+            await server.wait_ready()
+        return started
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(server.stop() for server in self.servers))
+        self.servers.clear()
+
+    async def teardown(self) -> None:
+        await self.stop_all()
+        if not self.is_sqlite and self.db_name and not self.keep_db:
+            import asyncpg
+
+            with contextlib.suppress(Exception):
+                admin = await asyncpg.connect(self.pg_admin_url.replace("+asyncpg", ""))
+                try:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+                finally:
+                    await admin.close()
+        if self._tmp and not self.keep_db:
+            shutil.rmtree(self._tmp, ignore_errors=True)
