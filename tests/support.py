@@ -451,3 +451,14 @@ class ServerProcess(ChildProcess):
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/graphql"
+
+
+async def wait_for_subscriber_total(server: RunningServer, total: int) -> None:
+    """Wait until the in-process server has exactly `total` subscriptions on all channels."""
+    pubsub = server.app.state.chat.pubsub
+
+    async def settled() -> None:
+        while pubsub.subscriber_count != total:
+            await pubsub.changed()
+
+    await asyncio.wait_for(settled(), 10)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -71,6 +71,10 @@ class HardenedRedisBackend(RedisBackend):
         # Wake the listener only once the channel is registered: redis-py 8's listen() returns
         # immediately while nothing is subscribed (the first-subscriber bug).
         self._ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Make the hub treat this connection as lost (it reconnects and resyncs)."""
+        self._queue.put_nowait(error)  # type: ignore[arg-type]
 
     async def next_published(self) -> Event:
         item: Any = await self._queue.get()
@@ -158,9 +162,9 @@ class Subscription:
 
 
 class _Channel:
-    def __init__(self) -> None:
+    def __init__(self, subscribe: Coroutine[Any, Any, None]) -> None:
         self.subscribers: set[Subscription] = set()
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Task[None] = asyncio.ensure_future(subscribe)
 
 
 class PubSub:
@@ -257,26 +261,26 @@ class PubSub:
         try:
             if state is None:
                 # Registered before the first await, so a concurrent subscriber joins this state
-                # instead of racing to create its own (encode/broadcaster#142).
-                state = self._channels[channel] = _Channel()
-                state.subscribers.add(subscription)
-                try:
-                    async with self._command_lock:
-                        if self._backend is not None and self._connected.is_set():
-                            await self._backend.subscribe(channel)
-                except Exception as error:  # noqa: BLE001 - the watchdog resubscribes on reconnect
-                    log.warning("subscribe to %s failed: %s", channel, error)
-                finally:
-                    # Also when cancelled: whoever joined meanwhile must not wait forever.
-                    if not state.ready.done():
-                        state.ready.set_result(None)
-            else:
-                state.subscribers.add(subscription)
-                await asyncio.shield(state.ready)
+                # instead of racing to create its own (encode/broadcaster#142). The broker
+                # subscription belongs to the channel, not to its first subscriber: if that one
+                # is cancelled meanwhile, the others still get it.
+                state = self._channels[channel] = _Channel(self._broker_subscribe(channel))
+            state.subscribers.add(subscription)
+            await asyncio.shield(state.ready)
             self._notify()
             yield subscription
         finally:
             await self._leave(channel, subscription)
+
+    async def _broker_subscribe(self, channel: str) -> None:
+        try:
+            async with self._command_lock:
+                if self._backend is not None and self._connected.is_set():
+                    await self._backend.subscribe(channel)
+        except Exception as error:  # noqa: BLE001 - recovered by a reconnect and RESYNC
+            log.warning("subscribe to %s failed (%s); reconnecting", channel, error)
+            if isinstance(self._backend, HardenedRedisBackend):
+                self._backend.fail(error)
 
     async def _leave(self, channel: str, subscription: Subscription) -> None:
         state = self._channels.get(channel)
@@ -285,6 +289,11 @@ class PubSub:
         state.subscribers.discard(subscription)
         self._notify()
         if state.subscribers:
+            return
+        # Unsubscribe only after the subscribe went out, so the broker sees them in order.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(state.ready)
+        if state.subscribers or self._channels.get(channel) is not state:
             return
         del self._channels[channel]
         try:

@@ -20,6 +20,7 @@ from tests.support import (
     open_direct_room,
     send,
     wait_for_no_subscribers,
+    wait_for_subscriber_total,
     wait_for_subscribers,
 )
 
@@ -254,6 +255,8 @@ async def test_abrupt_disconnect_leaves_no_subscription_or_task_behind(
         socket.connection.transport.abort()
         await wait_for_no_subscribers(server, channel)
     await wait_for_no_subscribers(server, user_channel(uuid.UUID(bob.user["id"])))  # type: ignore[index]
+    # The session watcher ends with the connection, a moment after the operations.
+    await wait_for_subscriber_total(server, baseline_subscribers)
     assert pubsub.subscriber_count == baseline_subscribers
     assert pubsub.subscribers(channel) == 0
     # Every task the connection started (reader, operations) ends on its own.
