@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -239,16 +240,18 @@ async def send_message(
     validate_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
-    return await _store_and_publish(
-        db=db,
-        pubsub=pubsub,
-        sender=sender,
-        room_id=room_id,
-        peer_id=None,
-        data=data,
-        type=type,
-        client_message_id=client_message_id,
-        limiter=limiter,
+    return await _finish_even_if_cancelled(
+        _store_and_publish(
+            db=db,
+            pubsub=pubsub,
+            sender=sender,
+            room_id=room_id,
+            peer_id=None,
+            data=data,
+            type=type,
+            client_message_id=client_message_id,
+            limiter=limiter,
+        )
     )
 
 
@@ -269,17 +272,32 @@ async def send_direct_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
     other = await _resolve_peer(db=db, me=sender, name=to)
-    return await _store_and_publish(
-        db=db,
-        pubsub=pubsub,
-        sender=sender,
-        room_id=direct_room_id(sender.id, other.id),
-        peer_id=other.id,
-        data=data,
-        type=type,
-        client_message_id=client_message_id,
-        limiter=limiter,
+    return await _finish_even_if_cancelled(
+        _store_and_publish(
+            db=db,
+            pubsub=pubsub,
+            sender=sender,
+            room_id=direct_room_id(sender.id, other.id),
+            peer_id=other.id,
+            data=data,
+            type=type,
+            client_message_id=client_message_id,
+            limiter=limiter,
+        )
     )
+
+
+# Sends in progress, kept referenced so a cancelled request cannot lose them to the GC.
+_in_flight: set[asyncio.Task[MessageView]] = set()
+
+
+async def _finish_even_if_cancelled(work: Coroutine[Any, Any, MessageView]) -> MessageView:
+    """Run a send to the end even if the request is cancelled (the client went away): a message
+    committed but never published would reach no subscriber until a later one showed the gap."""
+    task = asyncio.ensure_future(work)
+    _in_flight.add(task)
+    task.add_done_callback(_in_flight.discard)
+    return await asyncio.shield(task)
 
 
 async def _store_and_publish(
@@ -295,13 +313,13 @@ async def _store_and_publish(
     limiter: RateLimiter | None,
 ) -> MessageView:
     if limiter is not None and limiter.limits.messages.enabled:
+        existing = None
         if client_message_id is not None:
             # A retry of a message already stored is answered, not counted against the limit.
             async with db.session() as session:
                 existing = await _find_by_client_id(session, room_id, sender, client_message_id)
-            if existing is not None:
-                return existing
-        await limiter.acquire(limiter.limits.messages, str(sender.id))
+        if existing is None:
+            await limiter.acquire(limiter.limits.messages, str(sender.id))
     try:
         stored = await _store(
             db=db,
@@ -321,9 +339,10 @@ async def _store_and_publish(
         if existing is None:
             raise
         return existing
-    message, member_ids, created = stored
-    if created:
-        await publish_message(pubsub=pubsub, message=message, member_ids=member_ids)
+    message, member_ids, _ = stored
+    # Also for a retry answered with the stored message: if the first attempt was cut off
+    # between commit and publish, this is where subscribers hear of it (they drop duplicates).
+    await publish_message(pubsub=pubsub, message=message, member_ids=member_ids)
     return message
 
 

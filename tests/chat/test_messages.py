@@ -463,3 +463,38 @@ async def test_two_devices_of_one_user_see_the_same_history_and_can_both_send(
     edges = seen_by_phone["messages"]["edges"]
     assert [edge["node"]["data"] for edge in edges] == ["from phone", "from laptop", "reply"]
     assert json.dumps(edges[1]["node"], sort_keys=True) == json.dumps(from_laptop, sort_keys=True)
+
+
+async def test_a_send_cut_off_after_commit_is_still_published(server, make_client) -> None:
+    """A client that goes away mid-send must not leave a stored message no subscriber hears of."""
+    import asyncio
+    import uuid as uuid_module
+
+    from api.chat import service as chat_service
+    from api.chat.constants import room_channel
+    from api.users.service import authenticate
+
+    state = server.app.state.chat
+    alice, bob = make_client(), make_client()
+    await alice.sign_up()
+    bob_user = await bob.sign_up()
+    room = await alice.data(
+        "query($w: String!) { directRoom(with: $w) { id } }", {"w": bob_user["name"]}
+    )
+    room_id = uuid_module.UUID(room["directRoom"]["id"])
+    auth = await authenticate(db=state.db, keys=state.keys, cookie_value=alice.session_cookie)
+    async with state.pubsub.subscribe(room_channel(room_id)) as subscription:
+        published = asyncio.ensure_future(anext(aiter(subscription)))
+        send = asyncio.ensure_future(
+            chat_service.send_message(
+                db=state.db, pubsub=state.pubsub, sender=auth.user, room_id=room_id, data="cut"
+            )
+        )
+        await asyncio.sleep(0)  # the send starts, then its caller is cancelled
+        send.cancel()
+        payload = await asyncio.wait_for(published, 5)
+    assert '"data":"cut"' in str(payload)
+    history = await alice.data(
+        "query($r: ID!) { messages(roomId: $r) { edges { node { data } } } }", {"r": str(room_id)}
+    )
+    assert [edge["node"]["data"] for edge in history["messages"]["edges"]] == ["cut"]
