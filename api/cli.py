@@ -21,6 +21,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigurationError as error:
         print(f"chat-backend: {error}", file=sys.stderr)
         return 2
+    if args.workers > 1 and not settings.broadcast_url.startswith(("redis://", "rediss://")):
+        print(
+            "chat-backend: --workers > 1 needs BROADCAST_URL=redis://...: with in-memory "
+            "pub/sub a message sent through one worker never reaches another's subscribers.",
+            file=sys.stderr,
+        )
+        return 2
     if args.migrate or settings.uses_embedded_database:
         from api.core.db import upgrade_database
 

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 from strawberry.types import Info as StrawberryInfo
 
-from api.core.errors import Unauthenticated
+from api.core.errors import BadUserInput, Unauthenticated
 from api.state import AppState
 from api.users import service as users
 from api.users.service import Authenticated, IssuedSession
@@ -81,6 +81,14 @@ class Context:
         if auth is None:
             raise self._auth_error or Unauthenticated()
         return auth
+
+    def require_http(self, action: str) -> None:
+        """BAD_USER_INPUT over WebSocket for actions that must set the cookie on a response."""
+        if self.is_websocket:
+            raise BadUserInput(
+                f"{action} must be sent over HTTP: only an HTTP response can set the session "
+                "cookie."
+            )
 
     def forget_auth(self) -> None:
         """Drop the cached session, e.g. after sign-out."""

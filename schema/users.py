@@ -80,6 +80,7 @@ class UsersQuery:
 class UsersMutation:
     @strawberry.mutation(description="Creates the account and signs in: sets the session cookie.")
     async def sign_up(self, info: Info, name: str, password: str) -> AuthPayload:
+        info.context.require_http("signUp")
         state = info.context.state
         issued = await users.sign_up(
             db=state.db,
@@ -97,6 +98,7 @@ class UsersMutation:
         description="Sets the session cookie. Same error for unknown name and wrong password."
     )
     async def sign_in(self, info: Info, name: str, password: str) -> AuthPayload:
+        info.context.require_http("signIn")
         state = info.context.state
         issued = await users.sign_in(
             db=state.db,
@@ -132,6 +134,7 @@ class UsersMutation:
         description="Replaces the current session's token with a new one (new expiry)."
     )
     async def refresh_token(self, info: Info) -> AuthPayload:
+        info.context.require_http("refreshToken")
         auth = await info.context.require_auth()
         state = info.context.state
         issued = await users.refresh_session(

@@ -17,6 +17,7 @@ from api.chat import service
 from api.chat.constants import BACKLOG_CHUNK, room_channel, user_channel
 from api.chat.views import MessageView, decode_message_cursor
 from api.core.db import Database
+from api.core.errors import BadUserInput
 from api.core.pubsub import RESYNC, PubSub
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,12 @@ async def follow_room(
     await service.check_membership(db=db, user_id=user_id, room_id=room_id)
     async with pubsub.subscribe(room_channel(room_id)) as subscription:
         # Subscribed before reading, so nothing committed from here on can slip between the two.
+        last_seq = await service.room_last_seq(db=db, room_id=room_id)
         if after_seq is None:
-            delivered = await service.room_last_seq(db=db, room_id=room_id)
+            delivered = last_seq
+        elif after_seq > last_seq:
+            # Taken at face value it would silence every live message up to it.
+            raise BadUserInput("That cursor is past the room's last message.")
         else:
             delivered = after_seq
             async for message in _stored_after(db, room_id, delivered):

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from api.chat.constants import room_channel, user_channel
+from api.chat.views import encode_message_cursor
 from tests.support import (
     INBOX,
     MESSAGE_ADDED,
@@ -301,3 +302,38 @@ async def test_a_subscription_sent_by_plain_post_is_refused_clearly(make_client)
     response = await client.http.post("/graphql", json={"query": INBOX})
     assert response.status_code == 400
     assert "subscriptions are not allowed" in response.text
+
+
+async def test_a_resume_cursor_past_the_last_message_is_bad_user_input(
+    server: RunningServer, make_client
+) -> None:
+    alice, bob, room_id = await two_users(make_client)
+    await send(alice, room_id, "only one")
+    beyond = encode_message_cursor(uuid.UUID(room_id), 1000)
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=bob.session_cookie) as socket:
+        follow = await socket.subscribe(MESSAGE_ADDED, {"roomId": room_id, "after": beyond})
+        message = await follow.next_message()
+    errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        'mutation { signIn(name: "someone", password: "whatever1") { expiresAt } }',
+        'mutation { signUp(name: "someone_new", password: "whatever1") { expiresAt } }',
+        "mutation { refreshToken { expiresAt } }",
+    ],
+)
+async def test_cookie_setting_mutations_over_a_socket_are_refused_and_change_nothing(
+    server: RunningServer, make_client, document: str
+) -> None:
+    client = make_client()
+    await client.sign_up()
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=client.session_cookie) as socket:
+        operation = await socket.subscribe(document)
+        message = await operation.next_message()
+    errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
+    # The browser's cookie still works: nothing rotated it behind its back.
+    assert (await client.data("query { me { name } }"))["me"] is not None

@@ -152,3 +152,12 @@ def test_export_schema_writes_a_file(tmp_path: Path) -> None:
     result = run("export-schema", "out.graphql", cwd=tmp_path, env=clean_env())
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.graphql").read_text() == schema.as_str() + "\n"
+
+
+def test_serve_with_several_workers_refuses_in_memory_pub_sub(tmp_path: Path) -> None:
+    result = run(
+        "serve", "--port", str(free_port()), "--workers", "2", cwd=tmp_path, env=clean_env()
+    )
+    assert result.returncode == 2
+    assert "BROADCAST_URL=redis://" in result.stderr
+    assert "Traceback" not in result.stderr
