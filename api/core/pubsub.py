@@ -49,6 +49,10 @@ RESYNC: Final = _Marker("RESYNC")
 _CLOSED: Final = _Marker("CLOSED")
 
 
+_MAX_PENDING_RETRIES = 10_000
+_RETRY_FOR_SECONDS = 60.0
+
+
 class _BrokerFailed(Exception):
     """The backend's listener stopped; the hub reconnects."""
 
@@ -183,6 +187,7 @@ class PubSub:
         self._connected = asyncio.Event()
         # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
         self._changed = asyncio.Event()
+        self._retries: set[asyncio.Task[None]] = set()
 
     @property
     def channel_count(self) -> int:
@@ -235,6 +240,8 @@ class PubSub:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        for retry in self._retries:
+            retry.cancel()
         for state in self._channels.values():
             for subscription in state.subscribers:
                 subscription.close()
@@ -248,10 +255,38 @@ class PubSub:
             return False
         try:
             await backend.publish(channel, message)
-        except Exception as error:  # noqa: BLE001 - a lost wake-up is repaired by RESYNC
-            log.warning("publish to %s failed: %s", channel, error)
+        except Exception as error:  # noqa: BLE001 - retried below; RESYNC covers the rest
+            log.warning("publish to %s failed (%s); retrying in the background", channel, error)
+            self._retry_later(channel, message)
             return False
         return True
+
+    def _retry_later(self, channel: str, message: str) -> None:
+        # Other instances' listeners may be healthy and never resync: without a retry their
+        # subscribers would only learn of this message when a later one shows the gap.
+        if len(self._retries) >= _MAX_PENDING_RETRIES:
+            log.warning("too many publishes awaiting retry; dropping one for %s", channel)
+            return
+        task = asyncio.create_task(self._retry(channel, message))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry(self, channel: str, message: str) -> None:
+        delay = self.reconnect_delay
+        deadline = asyncio.get_running_loop().time() + _RETRY_FOR_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            backend = self._backend
+            if backend is None or not self._connected.is_set():
+                continue
+            try:
+                await backend.publish(channel, message)
+            except Exception as error:  # noqa: BLE001 - try again until the deadline
+                log.debug("publish retry to %s failed: %s", channel, error)
+                continue
+            return
+        log.warning("gave up publishing to %s; subscribers will find it in the database", channel)
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:

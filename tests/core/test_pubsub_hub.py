@@ -45,3 +45,28 @@ async def test_a_cancelled_first_subscriber_does_not_leave_later_ones_deaf(hub: 
     assert await asyncio.wait_for(second_got, 5) == "still delivered"
     await second_task
     assert hub.channel_count == 0
+
+
+async def test_a_publish_that_fails_is_retried_until_the_broker_takes_it() -> None:
+    hub = PubSub("memory://", reconnect_delay=0.01)
+    await hub.connect()
+    backend = hub._backend
+    assert backend is not None
+    deliver = backend.publish
+    attempts = 0
+
+    async def flaky(channel: str, message: str) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:
+            raise ConnectionError("broker blip")
+        await deliver(channel, message)
+
+    backend.publish = flaky  # type: ignore[method-assign]
+    try:
+        async with hub.subscribe("room") as subscription:
+            assert await hub.publish("room", "late but there") is False
+            assert await asyncio.wait_for(anext(aiter(subscription)), 5) == "late but there"
+        assert attempts == 3
+    finally:
+        await hub.disconnect()
