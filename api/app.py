@@ -65,6 +65,7 @@ def create_app(
                 messages=settings.rate_limit_messages,
                 sign_in=settings.rate_limit_sign_in,
                 sign_in_per_address=settings.rate_limit_sign_in_per_address,
+                sign_up_per_address=settings.rate_limit_sign_up_per_address,
             ),
         )
         # Everything alive now (modules, schema, pools) lives as long as the process: move it

@@ -90,6 +90,8 @@ class UsersMutation:
             iterations=state.settings.pbkdf2_iterations,
             ttl=state.settings.session_ttl,
             user_agent=info.context.user_agent,
+            limiter=state.limiter,
+            address=info.context.client_address,
         )
         info.context.set_session_cookie(issued)
         return AuthPayload.from_issued(issued)

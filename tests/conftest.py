@@ -83,6 +83,7 @@ def make_settings(
         "rate_limit_messages": "0",
         "rate_limit_sign_in": "0",
         "rate_limit_sign_in_per_address": "0",
+        "rate_limit_sign_up_per_address": "0",
         "_env_file": None,
     }
     values.update(overrides)

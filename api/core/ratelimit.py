@@ -158,10 +158,18 @@ class Limits:
     messages: Limit
     sign_in: Limit
     sign_in_per_address: Limit
+    sign_up_per_address: Limit
 
     @classmethod
-    def from_settings(cls, *, messages: str, sign_in: str, sign_in_per_address: str) -> Limits:
+    def from_settings(
+        cls, *, messages: str, sign_in: str, sign_in_per_address: str, sign_up_per_address: str
+    ) -> Limits:
         return cls(
+            sign_up_per_address=Limit.parse(
+                "sign-up-address",
+                sign_up_per_address,
+                "Too many sign-ups from this address; wait and retry.",
+            ),
             messages=Limit.parse("messages", messages, "You are sending messages too fast."),
             sign_in=Limit.parse(
                 "sign-in", sign_in, "Too many failed sign-ins for this account; wait and retry."

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     rate_limit_messages: str = "30/10s,300/300s"
     rate_limit_sign_in: str = "5/60s"
     rate_limit_sign_in_per_address: str = "50/60s"
+    rate_limit_sign_up_per_address: str = "200/60s,1000/3600s"
     max_query_depth: int = Field(default=12, ge=0)
     max_query_tokens: int = Field(default=2000, ge=0)
     max_aliases: int = Field(default=30, ge=0)
@@ -90,7 +91,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("rate_limit_messages", "rate_limit_sign_in", "rate_limit_sign_in_per_address")
+    @field_validator(
+        "rate_limit_messages",
+        "rate_limit_sign_in",
+        "rate_limit_sign_in_per_address",
+        "rate_limit_sign_up_per_address",
+    )
     @classmethod
     def _check_rate(cls, value: str) -> str:
         parse_rates(value)

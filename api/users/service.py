@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -92,20 +93,30 @@ def _decoy_hash(pepper: bytes, iterations: int) -> str:
     return security.hash_password("decoy password", pepper=pepper, iterations=iterations)
 
 
+# At most this many hashes at once, whatever the load: sign-ups and sign-ins queue here instead
+# of filling the default thread pool that everything else off the loop shares.
+_hashing = asyncio.Semaphore(max(1, (os.cpu_count() or 1)))
+
+
 async def _decoy(*, keys: Keys, iterations: int) -> str:
     # The first call computes a full-cost hash: off the loop like every other hash.
-    return await asyncio.to_thread(_decoy_hash, keys.pepper, iterations)
+    async with _hashing:
+        return await asyncio.to_thread(_decoy_hash, keys.pepper, iterations)
 
 
 async def _hash(password: str, *, keys: Keys, iterations: int) -> str:
     # PBKDF2 at 600k iterations takes hundreds of milliseconds: keep it off the event loop.
-    return await asyncio.to_thread(
-        security.hash_password, password, pepper=keys.pepper, iterations=iterations
-    )
+    async with _hashing:
+        return await asyncio.to_thread(
+            security.hash_password, password, pepper=keys.pepper, iterations=iterations
+        )
 
 
 async def _verify(password: str, encoded: str, *, keys: Keys) -> bool:
-    return await asyncio.to_thread(security.verify_password, password, encoded, pepper=keys.pepper)
+    async with _hashing:
+        return await asyncio.to_thread(
+            security.verify_password, password, encoded, pepper=keys.pepper
+        )
 
 
 def _clip_user_agent(user_agent: str | None) -> str | None:
@@ -149,10 +160,18 @@ async def sign_up(
     iterations: int,
     ttl: timedelta,
     user_agent: str | None = None,
+    limiter: RateLimiter | None = None,
+    address: str = "unknown",
 ) -> IssuedSession:
-    """Create an account and its first session; CONFLICT when the name is taken."""
+    """Create an account and its first session; CONFLICT when the name is taken.
+
+    Every attempt from an address counts against its sign-up limit before any hashing, so a
+    flood of sign-ups cannot keep the hashing threads busy.
+    """
     display_name = validate_name(name)
     validate_password(password)
+    if limiter is not None:
+        await limiter.acquire(limiter.limits.sign_up_per_address, address)
     key = name_key(display_name)
     async with db.session() as session:
         taken = await session.scalar(select(col(User.id)).where(col(User.name_key) == key))

@@ -186,6 +186,8 @@ async def defaults_server(
         rate_limit_messages="30/10s,300/300s",
         rate_limit_sign_in="5/60s",
         rate_limit_sign_in_per_address="50/60s",
+        # The default allows 200 a minute; a private period keeps runs on one Redis apart.
+        rate_limit_sign_up_per_address=private_rate(200),
     ) as server:
         yield server
 
@@ -603,6 +605,43 @@ async def test_one_hundred_sign_ups_in_a_row_from_one_address_all_succeed_with_d
             assert not body.get("errors"), body
             assert body["data"]["signUp"]["user"]["name"] == name
     await assert_still_serving(defaults_server)
+
+
+async def test_sign_ups_beyond_the_per_address_limit_are_rate_limited_and_create_nothing(
+    database_url: str, broadcast_url: str, data_dir: Path
+) -> None:
+    async with (
+        policy_server(
+            database_url,
+            broadcast_url,
+            data_dir,
+            rate_limit_sign_up_per_address=private_rate(3),
+        ) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        names = [unique_name("flood") for _ in range(4)]
+        bodies = []
+        for name in names:
+            response = await http.post(
+                "/graphql",
+                json={"query": SIGN_UP, "variables": {"name": name, "password": PASSWORD}},
+            )
+            http.cookies.clear()
+            bodies.append(response.json())
+        assert all(not body.get("errors") for body in bodies[:3]), bodies
+        error = bodies[3]["errors"][0]
+        assert error["extensions"]["code"] == "RATE_LIMITED"
+        assert error["extensions"]["retryAfterMs"] > 0
+        assert "sign-ups" in error["message"]
+        # The refused name was never created: it is free from another address.
+        other = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, transport=other) as elsewhere:
+            response = await elsewhere.post(
+                "/graphql",
+                json={"query": SIGN_UP, "variables": {"name": names[3], "password": PASSWORD}},
+            )
+        assert not response.json().get("errors"), response.json()
+        await assert_still_serving(server)
 
 
 # --- Sending ------------------------------------------------------------------------------------
