@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import strawberry
 
@@ -76,23 +77,26 @@ class UsersQuery:
         return [SessionType.from_model(row, current=row.id == auth.session.id) for row in rows]
 
 
+def _session_options(info: Info) -> dict[str, Any]:
+    """What opening a session needs besides the credentials, from the app and the request."""
+    state = info.context.state
+    return {
+        "db": state.db,
+        "keys": state.keys,
+        "iterations": state.settings.pbkdf2_iterations,
+        "ttl": state.settings.session_ttl,
+        "user_agent": info.context.user_agent,
+        "limiter": state.limiter,
+        "address": info.context.client_address,
+    }
+
+
 @strawberry.type
 class UsersMutation:
     @strawberry.mutation(description="Creates the account and signs in: sets the session cookie.")
     async def sign_up(self, info: Info, name: str, password: str) -> AuthPayload:
         info.context.require_http("signUp")
-        state = info.context.state
-        issued = await users.sign_up(
-            db=state.db,
-            keys=state.keys,
-            name=name,
-            password=password,
-            iterations=state.settings.pbkdf2_iterations,
-            ttl=state.settings.session_ttl,
-            user_agent=info.context.user_agent,
-            limiter=state.limiter,
-            address=info.context.client_address,
-        )
+        issued = await users.sign_up(name=name, password=password, **_session_options(info))
         info.context.set_session_cookie(issued)
         return AuthPayload.from_issued(issued)
 
@@ -101,18 +105,7 @@ class UsersMutation:
     )
     async def sign_in(self, info: Info, name: str, password: str) -> AuthPayload:
         info.context.require_http("signIn")
-        state = info.context.state
-        issued = await users.sign_in(
-            db=state.db,
-            keys=state.keys,
-            name=name,
-            password=password,
-            iterations=state.settings.pbkdf2_iterations,
-            ttl=state.settings.session_ttl,
-            user_agent=info.context.user_agent,
-            limiter=state.limiter,
-            address=info.context.client_address,
-        )
+        issued = await users.sign_in(name=name, password=password, **_session_options(info))
         info.context.set_session_cookie(issued)
         return AuthPayload.from_issued(issued)
 
