@@ -91,7 +91,19 @@ async def test_every_device_receives_every_message_from_concurrent_senders_once_
     sent = await asyncio.gather(
         sender(alice, "a1"), sender(alice_phone, "a2"), sender(bob, "b1"), sender(bob_phone, "b2")
     )
-    await asyncio.wait_for(asyncio.gather(*watchers), 120)
+    try:
+        await asyncio.wait_for(asyncio.gather(*watchers), 120)
+    except TimeoutError:
+        subscriptions = server.app.state.chat.pubsub.subscriptions(room_channel(uuid.UUID(room_id)))
+        raise AssertionError(
+            "deliveries stalled: "
+            + "; ".join(
+                f"device {i}: {len(seqs)} received, last {seqs[-3:]}"
+                for i, seqs in enumerate(received)
+            )
+            + f"; server queues pending={[s.pending() for s in subscriptions]}"
+            + f" overflows={[s.overflows for s in subscriptions]}"
+        ) from None
     elapsed = time.perf_counter() - started
     all_sent = sorted(seq for seqs in sent for seq in seqs)
     assert all_sent == list(range(1, total + 1))
