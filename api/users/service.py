@@ -95,25 +95,37 @@ def _decoy_hash(pepper: bytes, iterations: int) -> str:
 
 # At most this many hashes at once, whatever the load: sign-ups and sign-ins queue here instead
 # of filling the default thread pool that everything else off the loop shares.
-_hashing = asyncio.Semaphore(max(1, (os.cpu_count() or 1)))
+_HASHES_AT_ONCE = max(1, os.cpu_count() or 1)
+_hashing_gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _hashing() -> asyncio.Semaphore:
+    # One gate per event loop: a semaphore belongs to the loop that first waits on it.
+    loop = asyncio.get_running_loop()
+    gate = _hashing_gates.get(loop)
+    if gate is None:
+        for stale in [other for other in _hashing_gates if other.is_closed()]:
+            del _hashing_gates[stale]
+        gate = _hashing_gates[loop] = asyncio.Semaphore(_HASHES_AT_ONCE)
+    return gate
 
 
 async def _decoy(*, keys: Keys, iterations: int) -> str:
     # The first call computes a full-cost hash: off the loop like every other hash.
-    async with _hashing:
+    async with _hashing():
         return await asyncio.to_thread(_decoy_hash, keys.pepper, iterations)
 
 
 async def _hash(password: str, *, keys: Keys, iterations: int) -> str:
     # PBKDF2 at 600k iterations takes hundreds of milliseconds: keep it off the event loop.
-    async with _hashing:
+    async with _hashing():
         return await asyncio.to_thread(
             security.hash_password, password, pepper=keys.pepper, iterations=iterations
         )
 
 
 async def _verify(password: str, encoded: str, *, keys: Keys) -> bool:
-    async with _hashing:
+    async with _hashing():
         return await asyncio.to_thread(
             security.verify_password, password, encoded, pepper=keys.pepper
         )
