@@ -14,7 +14,6 @@ from sqlalchemy import and_, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import load_only
 from sqlmodel import col
 
 from api.chat.constants import (
@@ -432,21 +431,48 @@ async def publish_message(
         await pubsub.publish(user_channel(member_id), payload)
 
 
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+_USERS = User.__table__  # type: ignore[attr-defined]
+
+
 def _messages_query() -> Any:
-    # Only what a sender shows; never load password hashes along with history.
-    return (
-        select(Message, User)
-        .join(User, col(User.id) == col(Message.sender_id))
-        .options(load_only(User.id, User.name, User.created_at))  # type: ignore[arg-type]
-    )
+    # Plain rows straight into MessageView: history pages build no ORM objects, and only what
+    # a sender shows is read (never the password hash).
+    return select(
+        _MESSAGES.c.id,
+        _MESSAGES.c.room_id,
+        _MESSAGES.c.seq,
+        _MESSAGES.c.type,
+        _MESSAGES.c.data,
+        _MESSAGES.c.created_at,
+        _MESSAGES.c.client_message_id,
+        _MESSAGES.c.sender_id,
+        _USERS.c.name.label("sender_name"),
+        _USERS.c.created_at.label("sender_created_at"),
+    ).join(_USERS, _USERS.c.id == _MESSAGES.c.sender_id)
 
 
 def _views(rows: Sequence[Any]) -> list[MessageView]:
     senders: dict[uuid.UUID, UserView] = {}
     views = []
-    for message, user in rows:
-        sender = senders.get(user.id) or senders.setdefault(user.id, user_view(user))
-        views.append(_message_view(message, sender))
+    for row in rows:
+        sender = senders.get(row.sender_id)
+        if sender is None:
+            sender = senders[row.sender_id] = UserView(
+                id=row.sender_id, name=row.sender_name, created_at=row.sender_created_at
+            )
+        views.append(
+            MessageView(
+                id=row.id,
+                room_id=row.room_id,
+                seq=row.seq,
+                sender=sender,
+                type=row.type,
+                data=row.data,
+                created_at=row.created_at,
+                client_message_id=row.client_message_id,
+            )
+        )
     return views
 
 
