@@ -192,31 +192,20 @@ async def check_membership(*, db: Database, user_id: uuid.UUID, room_id: uuid.UU
         await _require_member(session, room_id, user_id)
 
 
-def _message_view(message: Message, sender: UserView) -> MessageView:
-    assert message.id is not None
-    return MessageView(
-        id=message.id,
-        room_id=message.room_id,
-        seq=message.seq,
-        sender=sender,
-        type=message.type,
-        data=message.data,
-        created_at=message.created_at,
-        client_message_id=message.client_message_id,
-    )
-
-
 async def _find_by_client_id(
     session: AsyncSession, room_id: uuid.UUID, sender: User, client_message_id: str
 ) -> MessageView | None:
-    existing = await session.scalar(
-        select(Message).where(
-            col(Message.room_id) == room_id,
-            col(Message.sender_id) == sender.id,
-            col(Message.client_message_id) == client_message_id,
+    rows = (
+        await session.execute(
+            _messages_query().where(
+                col(Message.room_id) == room_id,
+                col(Message.sender_id) == sender.id,
+                col(Message.client_message_id) == client_message_id,
+            )
         )
-    )
-    return _message_view(existing, user_view(sender)) if existing else None
+    ).all()
+    views = _views(rows)
+    return views[0] if views else None
 
 
 async def send_message(
