@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types.unset import UNSET, UnsetType
@@ -221,6 +221,19 @@ class ChatQuery:
         return MessageConnection.from_page(page)
 
 
+async def _send_options(info: Info) -> dict[str, Any]:
+    """What sending needs besides the message: the signed-in sender and the app's parts."""
+    auth = await info.context.require_auth()
+    state = info.context.state
+    return {
+        "db": state.db,
+        "pubsub": state.pubsub,
+        "sender": auth.user,
+        "max_length": state.settings.message_max_length,
+        "limiter": state.limiter,
+    }
+
+
 @strawberry.type
 class ChatMutation:
     @strawberry.mutation
@@ -232,18 +245,13 @@ class ChatMutation:
         type: str = "text",
         client_message_id: str | None = UNSET,
     ) -> MessageType:
-        auth = await info.context.require_auth()
-        state = info.context.state
+        options = await _send_options(info)  # authentication comes first
         message = await chat.send_message(
-            db=state.db,
-            pubsub=state.pubsub,
-            sender=auth.user,
             room_id=chat.parse_room_id(room_id),
             data=data,
             type=type,
             client_message_id=given(client_message_id),
-            max_length=state.settings.message_max_length,
-            limiter=state.limiter,
+            **options,
         )
         return MessageType.from_view(message)
 
@@ -256,18 +264,13 @@ class ChatMutation:
         type: str = "text",
         client_message_id: str | None = UNSET,
     ) -> MessageType:
-        auth = await info.context.require_auth()
-        state = info.context.state
+        options = await _send_options(info)  # authentication comes first
         message = await chat.send_direct_message(
-            db=state.db,
-            pubsub=state.pubsub,
-            sender=auth.user,
             to=to,
             data=data,
             type=type,
             client_message_id=given(client_message_id),
-            max_length=state.settings.message_max_length,
-            limiter=state.limiter,
+            **options,
         )
         return MessageType.from_view(message)
 

@@ -36,6 +36,7 @@ mutation SignIn($name: String!, $password: String!) {
 }
 """
 ME = "query { me { id name } }"
+SIGN_OUT = "mutation { signOut }"
 
 _names = itertools.count()
 

@@ -398,15 +398,6 @@ async def find_user_by_name(*, db: Database, name: str) -> User | None:
         return await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
 
 
-async def get_users(*, db: Database, ids: list[uuid.UUID]) -> dict[uuid.UUID, User]:
-    """Users by id, in one query."""
-    if not ids:
-        return {}
-    async with db.session() as session:
-        users = (await session.scalars(select(User).where(User.id.in_(ids)))).all()  # type: ignore[attr-defined]
-    return {user.id: user for user in users}
-
-
 async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[UserSession]:
     """The user's sessions that are neither revoked nor expired, newest first."""
     async with db.session() as session:

@@ -17,10 +17,9 @@ import pytest
 
 from api.core.settings import MIN_SECRET_BYTES, Settings
 from schema import schema
-from tests.support import PASSWORD, SIGN_UP, free_port, unique_name
+from tests.support import ME, PASSWORD, SIGN_UP, free_port, unique_name
 
 CHAT_BACKEND = Path(sys.executable).parent / "chat-backend"
-ME = "query { me { id name } }"
 STARTUP_DEADLINE_SECONDS = 60
 COMMAND_TIMEOUT_SECONDS = 120
 

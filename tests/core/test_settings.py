@@ -12,9 +12,7 @@ import pytest
 from api.app import create_app
 from api.core.settings import MIN_SECRET_BYTES, ConfigurationError, Settings
 from tests.conftest import make_settings
-from tests.support import GraphQLClient, running_server
-
-ME = "query { me { id name } }"
+from tests.support import ME, GraphQLClient, running_server
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ from tests.conftest import make_settings
 from tests.support import (
     INBOX,
     ME,
+    SIGN_OUT,
     GraphQLClient,
     GraphQLWebSocket,
     RedisServer,
@@ -23,7 +24,6 @@ from tests.support import (
     running_server,
 )
 
-SIGN_OUT = "mutation { signOut }"
 REFRESH = "mutation { refreshToken { expiresAt } }"
 
 

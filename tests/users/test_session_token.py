@@ -17,7 +17,16 @@ from api.core.db import Database
 from api.core.security import Keys, derive_keys
 from api.core.settings import Settings
 from tests.conftest import make_settings
-from tests.support import PASSWORD, GraphQLClient, RunningServer, running_server, unique_name
+from tests.support import (
+    ME,
+    PASSWORD,
+    SIGN_IN,
+    SIGN_OUT,
+    GraphQLClient,
+    RunningServer,
+    running_server,
+    unique_name,
+)
 from tests.users.helpers import (
     claims_of,
     cookie_header,
@@ -35,13 +44,6 @@ mutation SignUp($name: String!, $password: String!) {
   signUp(name: $name, password: $password) { user { id name } expiresAt }
 }
 """
-SIGN_IN = """
-mutation SignIn($name: String!, $password: String!) {
-  signIn(name: $name, password: $password) { user { id name } expiresAt }
-}
-"""
-SIGN_OUT = "mutation { signOut }"
-ME = "query { me { id name } }"
 SESSIONS = "query { sessions { id current } }"
 CLAIMS = {"sub", "sid", "jti", "iat", "exp"}
 THREE_DAYS = 259_200

@@ -13,7 +13,7 @@ import pytest
 from api.core.db import Database
 from api.core.security import Keys, derive_keys, encrypt_cookie
 from api.core.settings import Settings
-from tests.support import PASSWORD, GraphQLClient, unique_name
+from tests.support import ME, PASSWORD, SIGN_IN, SIGN_OUT, GraphQLClient, unique_name
 from tests.users.helpers import (
     bearer_header,
     claims_of,
@@ -32,14 +32,7 @@ mutation SignUp($name: String!, $password: String!) {
   signUp(name: $name, password: $password) { user { id name } expiresAt }
 }
 """
-SIGN_IN = """
-mutation SignIn($name: String!, $password: String!) {
-  signIn(name: $name, password: $password) { user { id name } expiresAt }
-}
-"""
-SIGN_OUT = "mutation { signOut }"
 REFRESH = "mutation { refreshToken { user { id name } expiresAt } }"
-ME = "query { me { id name } }"
 SESSIONS = "query { sessions { id createdAt expiresAt current userAgent } }"
 
 Headers = dict[str, str]

@@ -10,20 +10,14 @@ import pytest
 from api.core import security
 from api.core.db import Database
 from api.core.settings import Settings
-from tests.support import PASSWORD, GraphQLClient, unique_name
+from tests.support import ME, PASSWORD, SIGN_IN, GraphQLClient, unique_name
 from tests.users.helpers import error_code, exchange, session_rows, set_cookies, user_row
 
-SIGN_IN = """
-mutation SignIn($name: String!, $password: String!) {
-  signIn(name: $name, password: $password) { user { id name } expiresAt }
-}
-"""
 SIGN_UP = """
 mutation SignUp($name: String!, $password: String!) {
   signUp(name: $name, password: $password) { user { id } }
 }
 """
-ME = "query { me { id name } }"
 SIGN_IN_FAILED = "Wrong name or password."
 
 

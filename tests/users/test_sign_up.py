@@ -11,14 +11,9 @@ import pytest
 
 from api.core.db import Database
 from api.core.settings import Settings
-from tests.support import PASSWORD, GraphQLClient, unique_name
+from tests.support import PASSWORD, SIGN_UP, GraphQLClient, unique_name
 from tests.users.helpers import error_code, exchange, session_rows, set_cookies, user_row
 
-SIGN_UP = """
-mutation SignUp($name: String!, $password: String!) {
-  signUp(name: $name, password: $password) { user { id name createdAt } expiresAt }
-}
-"""
 SIGN_IN = """
 mutation SignIn($name: String!, $password: String!) {
   signIn(name: $name, password: $password) { user { id name } }
