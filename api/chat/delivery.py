@@ -46,22 +46,23 @@ async def follow_room(
     room_id: uuid.UUID,
     after: str | None = None,
 ) -> AsyncGenerator[MessageView, None]:
-    """A room's messages: everything after `after` (a cursor) first, then live ones."""
+    """A room's messages: everything after `after` (a cursor) first, then live ones.
+
+    Without `after` the stream starts where the room stood when the request arrived, so a
+    message sent once the subscription is in place is never taken for an older one.
+    """
     after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
     await service.check_membership(db=db, user_id=user_id, room_id=room_id)
+    last_seq = await service.room_last_seq(db=db, room_id=room_id)
+    if after_seq is not None and after_seq > last_seq:
+        # Taken at face value it would silence every live message up to it.
+        raise BadUserInput("That cursor is past the room's last message.")
+    delivered = last_seq if after_seq is None else after_seq
     async with pubsub.subscribe(room_channel(room_id)) as subscription:
         # Subscribed before reading, so nothing committed from here on can slip between the two.
-        last_seq = await service.room_last_seq(db=db, room_id=room_id)
-        if after_seq is None:
-            delivered = last_seq
-        elif after_seq > last_seq:
-            # Taken at face value it would silence every live message up to it.
-            raise BadUserInput("That cursor is past the room's last message.")
-        else:
-            delivered = after_seq
-            async for message in _stored_after(db, room_id, delivered):
-                yield message
-                delivered = message.seq
+        async for message in _stored_after(db, room_id, delivered):
+            yield message
+            delivered = message.seq
         async for item in subscription:
             if item is RESYNC:
                 async for message in _stored_after(db, room_id, delivered):
@@ -86,18 +87,29 @@ async def follow_room(
 async def follow_inbox(
     *, db: Database, pubsub: PubSub, user_id: uuid.UUID
 ) -> AsyncIterator[MessageView]:
-    """Every new message in any room of the user, including rooms created after subscribing."""
+    """Every new message in any room of the user, including rooms created after subscribing.
+
+    The stream starts where the user's rooms stood when the request arrived (as follow_room).
+    """
+    delivered = await service.room_last_seqs(db=db, user_id=user_id)
+
+    async def catch_up() -> AsyncIterator[MessageView]:
+        # What was committed since `delivered` was taken: at the start, and after a RESYNC.
+        current = await service.room_last_seqs(db=db, user_id=user_id)
+        for room_id, last_seq in current.items():
+            seen = delivered.get(room_id, 0)
+            if last_seq > seen:
+                async for message in _stored_after(db, room_id, seen, up_to_seq=last_seq):
+                    yield message
+                    delivered[room_id] = message.seq
+
     async with pubsub.subscribe(user_channel(user_id)) as subscription:
-        delivered = await service.room_last_seqs(db=db, user_id=user_id)
+        async for message in catch_up():
+            yield message
         async for item in subscription:
             if item is RESYNC:
-                current = await service.room_last_seqs(db=db, user_id=user_id)
-                for room_id, last_seq in current.items():
-                    seen = delivered.get(room_id, 0)
-                    if last_seq > seen:
-                        async for message in _stored_after(db, room_id, seen, up_to_seq=last_seq):
-                            yield message
-                            delivered[room_id] = message.seq
+                async for message in catch_up():
+                    yield message
                 continue
             assert isinstance(item, str)
             message = MessageView.from_json(item)
