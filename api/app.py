@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -19,9 +21,13 @@ from api.core.pubsub import PubSub
 from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
+from api.core.tasks import Unfinished
 from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.state import AppState
+from api.users import service as users
+from api.users.cache import SessionCache, TokenCache, UserDirectory
+from api.users.passwords import PasswordHasher
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ def create_app(
         if run_migrations:
             await migrate(url)
         db = Database(url, pool_size=settings.database_pool_size)
+        await db.start()
         pubsub = PubSub(settings.broadcast_url, queue_size=settings.subscriber_queue_size)
         await pubsub.connect()
         limiter = RateLimiter(
@@ -68,24 +75,54 @@ def create_app(
                 sign_up_per_address=settings.rate_limit_sign_up_per_address,
             ),
         )
+        keys = derive_keys(settings.secret)
+        state = AppState(
+            settings=settings,
+            keys=keys,
+            db=db,
+            pubsub=pubsub,
+            limiter=limiter,
+            hasher=PasswordHasher(pepper=keys.pepper),
+            tokens=TokenCache(),
+            sessions=SessionCache(ttl=settings.session_cache_ttl),
+            directory=UserDirectory(),
+            unfinished=Unfinished(),
+            documents=Documents(
+                view.schema._schema,  # type: ignore[attr-defined]
+                rules=document_rules(
+                    production=settings.is_production,
+                    max_depth=settings.max_query_depth,
+                    max_aliases=settings.max_aliases,
+                ),
+                max_tokens=settings.max_query_tokens,
+                hide_suggestions=settings.is_production,
+            ),
+        )
+        session_notices = asyncio.create_task(
+            users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
+            name="session-notices",
+        )
         # Everything alive now (modules, schema, pools) lives as long as the process: move it
         # out of the collector's generations, so full collections scan only per-socket state.
         gc.collect()
         gc.freeze()
-        app.state.chat = AppState(
-            settings=settings,
-            keys=derive_keys(settings.secret),
-            db=db,
-            pubsub=pubsub,
-            limiter=limiter,
-        )
+        app.state.chat = state
         try:
             yield
         finally:
+            # Sends already committed are published before pub/sub goes away.
+            await state.unfinished.drain()
+            session_notices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session_notices
             await limiter.close()
             await pubsub.disconnect()
             await db.dispose()
 
+    # The app factory is the one place in api/ that mounts the GraphQL layer.
+    from schema import document_rules
+    from schema.documents import Documents
+    from schema.http import GraphQLHTTPEndpoint
     from schema.view import create_view
 
     view = create_view(settings)
@@ -93,7 +130,8 @@ def create_app(
         Route("/", root),
         Route("/healthz", healthz),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
-        Route("/graphql", view, methods=["GET", "POST"]),
+        Route("/graphql", GraphQLHTTPEndpoint(), methods=["POST"]),
+        Route("/graphql", view, methods=["GET"]),
         WebSocketRoute("/graphql", view),
     ]
     middleware = [

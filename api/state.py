@@ -1,14 +1,18 @@
-"""What one running app holds: settings, derived keys, the database and pub/sub."""
+"""What one running app holds: settings, keys, the database, pub/sub and the caches."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from api.core.db import Database
 from api.core.pubsub import PubSub
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys
 from api.core.settings import Settings
+from api.core.tasks import Unfinished
+from api.users.cache import SessionCache, TokenCache, UserDirectory
+from api.users.passwords import PasswordHasher
 
 
 @dataclass(slots=True)
@@ -20,3 +24,11 @@ class AppState:
     db: Database
     pubsub: PubSub
     limiter: RateLimiter
+    hasher: PasswordHasher
+    tokens: TokenCache
+    sessions: SessionCache
+    directory: UserDirectory
+    unfinished: Unfinished
+    # The GraphQL layer's prepared-document cache (schema.documents.Documents); typed loosely
+    # because api/ never imports schema/.
+    documents: Any = None

@@ -132,19 +132,18 @@ def _seed_sqlite(path: str, room_id: str, first_seq: int, count: int, size: int)
 
 
 def history_sql(dialect: str, room_id: str, before_seq: int | None) -> str:
-    """The history page query the app issues (built by its own query builder), literal."""
-    from sqlalchemy.dialects import postgresql, sqlite
-    from sqlmodel import col
+    """The SQLite history page query (the app's Core query), literal."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects import sqlite
 
-    from api.chat.models import Message
-    from api.chat.service import _messages_query
+    from api.chat.store import MESSAGES
 
-    query: Any = _messages_query().where(col(Message.room_id) == uuid.UUID(room_id))
+    query: Any = select(MESSAGES).where(MESSAGES.c.room_id == uuid.UUID(room_id))
     if before_seq is not None:
-        query = query.where(col(Message.seq) < before_seq)
-    query = query.order_by(col(Message.seq).desc()).limit(50)
+        query = query.where(MESSAGES.c.seq < before_seq)
+    query = query.order_by(MESSAGES.c.seq.desc()).limit(50)
     compiled = query.compile(
-        dialect=sqlite.dialect() if dialect == "sqlite" else postgresql.dialect(),  # type: ignore[no-untyped-call]
+        dialect=sqlite.dialect(),
         compile_kwargs={"literal_binds": True},
     )
     return str(compiled)
@@ -161,16 +160,25 @@ async def explain_history(
         )
     import asyncpg
 
+    from api.chat.store import _PAGE_BACKWARD, NO_SEQ_LIMIT
+
     conn = await asyncpg.connect(stack.asyncpg_dsn)
     try:
+        # The app's own prepared statement (api.chat.store): membership, position and page.
+        room = uuid.UUID(room_id)
+        member = await conn.fetchval(
+            "SELECT user_id FROM room_members WHERE room_id = $1 LIMIT 1", room
+        )
         for name, before in before_seqs.items():
-            sql = history_sql("postgresql", room_id, before)
-            plan_rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql)
+            sql = _PAGE_BACKWARD
+            args = (room, member, 0, before if before is not None else NO_SEQ_LIMIT, 50)
+            plan_rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
             plan = [row[0] for row in plan_rows]
+            statement = await conn.prepare(sql)
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                rows = await conn.fetch(sql)
+                rows = await statement.fetch(*args)
                 times.append(time.perf_counter() - t0)
             assert len(rows) == 50
             out[name] = {

@@ -64,6 +64,21 @@ class ChatSchema(strawberry.Schema):
         format_errors(errors)
 
 
+def document_rules(
+    *, production: bool = False, max_depth: int = 0, max_aliases: int = 0
+) -> list[type[ASTValidationRule]]:
+    """The validation rules beyond the spec's: document limits (0 = off); production also
+    refuses introspection."""
+    rules: list[type[ASTValidationRule]] = []
+    if max_depth:
+        rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
+    if max_aliases:
+        rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
+    if production:
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return rules
+
+
 def build_schema(
     *,
     production: bool = False,
@@ -81,13 +96,7 @@ def build_schema(
         all_extensions.append(lambda: MaxTokensLimiter(max_token_count=max_tokens))
     # The rule classes are made once: the validation cache is keyed by them, and limiters
     # built per request would make a new class (and a cache miss) every time.
-    rules: list[type[ASTValidationRule]] = []
-    if max_depth:
-        rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
-    if max_aliases:
-        rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
-    if production:
-        rules.append(NoSchemaIntrospectionCustomRule)
+    rules = document_rules(production=production, max_depth=max_depth, max_aliases=max_aliases)
     if rules:
         all_extensions.append(lambda: AddValidationRules(rules))
     # Clients send the same few documents over and over: parse and validate each once.

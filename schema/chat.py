@@ -169,14 +169,21 @@ class ChatQuery:
         self, info: Info, with_: Annotated[str, strawberry.argument(name="with")]
     ) -> RoomType:
         auth = await info.context.require_auth()
-        room = await chat.open_direct_room(db=info.context.state.db, me=auth.user, with_name=with_)
+        state = info.context.state
+        room = await chat.open_direct_room(
+            db=state.db, me=auth.user, with_name=with_, directory=state.directory
+        )
         return RoomType.from_view(room)
 
     @strawberry.field
     async def room(self, info: Info, id: strawberry.ID) -> RoomType | None:
         auth = await info.context.require_auth()
+        state = info.context.state
         room = await chat.get_room(
-            db=info.context.state.db, user=auth.user, room_id=chat.parse_room_id(id)
+            db=state.db,
+            user=auth.user,
+            room_id=chat.parse_room_id(id),
+            directory=state.directory,
         )
         return RoomType.from_view(room) if room else None
 
@@ -187,8 +194,13 @@ class ChatQuery:
         self, info: Info, first: int | None = DEFAULT_ROOMS_PAGE_SIZE, after: str | None = UNSET
     ) -> RoomConnection:
         auth = await info.context.require_auth()
+        state = info.context.state
         page = await chat.list_rooms(
-            db=info.context.state.db, user=auth.user, first=first, after=given(after)
+            db=state.db,
+            user=auth.user,
+            first=first,
+            after=given(after),
+            directory=state.directory,
         )
         return RoomConnection.from_page(page)
 
@@ -209,8 +221,10 @@ class ChatQuery:
         before: str | None = UNSET,
     ) -> MessageConnection:
         auth = await info.context.require_auth()
+        state = info.context.state
         page = await chat.list_messages(
-            db=info.context.state.db,
+            db=state.db,
+            directory=state.directory,
             user=auth.user,
             room_id=chat.parse_room_id(room_id),
             first=given(first),
@@ -228,6 +242,7 @@ async def _send_options(info: Info) -> dict[str, Any]:
     return {
         "db": state.db,
         "pubsub": state.pubsub,
+        "unfinished": state.unfinished,
         "sender": auth.user,
         "max_length": state.settings.message_max_length,
         "limiter": state.limiter,
@@ -267,6 +282,7 @@ class ChatMutation:
         options = await _send_options(info)  # authentication comes first
         message = await chat.send_direct_message(
             to=to,
+            directory=info.context.state.directory,
             data=data,
             type=type,
             client_message_id=given(client_message_id),
@@ -294,6 +310,7 @@ class ChatSubscription:
             user_id=auth.user.id,
             room_id=chat.parse_room_id(room_id),
             after=given(after),
+            directory=state.directory,
         ):
             yield shared_message(message)
 
@@ -306,6 +323,6 @@ class ChatSubscription:
         auth = await info.context.require_auth()
         state = info.context.state
         async for message in delivery.follow_inbox(
-            db=state.db, pubsub=state.pubsub, user_id=auth.user.id
+            db=state.db, pubsub=state.pubsub, user_id=auth.user.id, directory=state.directory
         ):
             yield shared_message(message)

@@ -13,7 +13,8 @@ from strawberry.types import Info as StrawberryInfo
 from api.core.errors import BadUserInput, Unauthenticated
 from api.state import AppState
 from api.users import service as users
-from api.users.service import Authenticated, IssuedSession
+from api.users.service import IssuedSession
+from api.users.views import Authenticated
 
 BEARER_PREFIX = "bearer "
 
@@ -67,8 +68,13 @@ class Context:
             value = self.credential()
             if value:
                 try:
+                    state = self.state
                     self._auth = await users.authenticate(
-                        db=self.state.db, keys=self.state.keys, cookie_value=value
+                        db=state.db,
+                        keys=state.keys,
+                        cookie_value=value,
+                        tokens=state.tokens,
+                        sessions=state.sessions,
                     )
                 except Unauthenticated as error:
                     self._auth_error = error

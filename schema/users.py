@@ -8,8 +8,7 @@ from typing import Any
 import strawberry
 
 from api.users import service as users
-from api.users.models import User as UserModel
-from api.users.models import UserSession
+from api.users.views import SessionRecord, UserView
 from schema.context import Info
 
 
@@ -20,7 +19,7 @@ class UserType:
     created_at: datetime
 
     @classmethod
-    def from_model(cls, user: UserModel) -> UserType:
+    def from_model(cls, user: UserView) -> UserType:
         return cls(id=strawberry.ID(str(user.id)), name=user.name, created_at=user.created_at)
 
 
@@ -35,7 +34,7 @@ class SessionType:
     user_agent: str | None
 
     @classmethod
-    def from_model(cls, session: UserSession, *, current: bool) -> SessionType:
+    def from_model(cls, session: SessionRecord, *, current: bool) -> SessionType:
         return cls(
             id=strawberry.ID(str(session.id)),
             created_at=session.created_at,
@@ -67,7 +66,8 @@ class UsersQuery:
     @strawberry.field(description="A user by name (compared case- and width-insensitively).")
     async def user(self, info: Info, name: str) -> UserType | None:
         await info.context.require_auth()
-        found = await users.find_user_by_name(db=info.context.state.db, name=name)
+        state = info.context.state
+        found = await users.find_user_by_name(db=state.db, name=name, directory=state.directory)
         return UserType.from_model(found) if found else None
 
     @strawberry.field(description="The signed-in user's active sessions (devices).")
@@ -82,6 +82,7 @@ def _session_options(info: Info) -> dict[str, Any]:
     state = info.context.state
     return {
         "db": state.db,
+        "hasher": state.hasher,
         "keys": state.keys,
         "iterations": state.settings.pbkdf2_iterations,
         "ttl": state.settings.session_ttl,
@@ -121,7 +122,9 @@ class UsersMutation:
         if auth is None:
             return False
         state = info.context.state
-        await users.sign_out(db=state.db, pubsub=state.pubsub, session_id=auth.session.id)
+        await users.sign_out(
+            db=state.db, pubsub=state.pubsub, sessions=state.sessions, session_id=auth.session.id
+        )
         info.context.forget_auth()
         return True
 
@@ -135,6 +138,7 @@ class UsersMutation:
         issued = await users.refresh_session(
             db=state.db,
             pubsub=state.pubsub,
+            sessions=state.sessions,
             keys=state.keys,
             auth=auth,
             ttl=state.settings.session_ttl,

@@ -19,17 +19,27 @@ from api.chat.views import MessageView, decode_message_cursor
 from api.core.db import Database
 from api.core.errors import BadUserInput
 from api.core.pubsub import RESYNC, PubSub
+from api.users.cache import UserDirectory
 
 log = logging.getLogger(__name__)
 
 
 async def _stored_after(
-    db: Database, room_id: uuid.UUID, after_seq: int, up_to_seq: int | None = None
+    db: Database,
+    room_id: uuid.UUID,
+    after_seq: int,
+    up_to_seq: int | None = None,
+    directory: UserDirectory | None = None,
 ) -> AsyncIterator[MessageView]:
     """Stored messages after a seq, in chunks so a long backlog never sits in memory at once."""
     while True:
         chunk = await service.read_messages_after(
-            db=db, room_id=room_id, after_seq=after_seq, limit=BACKLOG_CHUNK, up_to_seq=up_to_seq
+            db=db,
+            room_id=room_id,
+            after_seq=after_seq,
+            limit=BACKLOG_CHUNK,
+            up_to_seq=up_to_seq,
+            directory=directory,
         )
         for message in chunk:
             yield message
@@ -45,6 +55,7 @@ async def follow_room(
     user_id: uuid.UUID,
     room_id: uuid.UUID,
     after: str | None = None,
+    directory: UserDirectory | None = None,
 ) -> AsyncGenerator[MessageView, None]:
     """A room's messages: everything after `after` (a cursor) first, then live ones.
 
@@ -52,20 +63,19 @@ async def follow_room(
     message sent once the subscription is in place is never taken for an older one.
     """
     after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
-    await service.check_membership(db=db, user_id=user_id, room_id=room_id)
-    last_seq = await service.room_last_seq(db=db, room_id=room_id)
+    last_seq = await service.room_position(db=db, user_id=user_id, room_id=room_id)
     if after_seq is not None and after_seq > last_seq:
         # Taken at face value it would silence every live message up to it.
         raise BadUserInput("That cursor is past the room's last message.")
     delivered = last_seq if after_seq is None else after_seq
     async with pubsub.subscribe(room_channel(room_id)) as subscription:
         # Subscribed before reading, so nothing committed from here on can slip between the two.
-        async for message in _stored_after(db, room_id, delivered):
+        async for message in _stored_after(db, room_id, delivered, directory=directory):
             yield message
             delivered = message.seq
         async for item in subscription:
             if item is RESYNC:
-                async for message in _stored_after(db, room_id, delivered):
+                async for message in _stored_after(db, room_id, delivered, directory=directory):
                     yield message
                     delivered = message.seq
                 continue
@@ -76,7 +86,7 @@ async def follow_room(
             if message.seq > delivered + 1:
                 # A gap: something was published that we did not see. Fill it from the database.
                 async for missing in _stored_after(
-                    db, room_id, delivered, up_to_seq=message.seq - 1
+                    db, room_id, delivered, up_to_seq=message.seq - 1, directory=directory
                 ):
                     yield missing
                     delivered = missing.seq
@@ -85,7 +95,7 @@ async def follow_room(
 
 
 async def follow_inbox(
-    *, db: Database, pubsub: PubSub, user_id: uuid.UUID
+    *, db: Database, pubsub: PubSub, user_id: uuid.UUID, directory: UserDirectory | None = None
 ) -> AsyncIterator[MessageView]:
     """Every new message in any room of the user, including rooms created after subscribing.
 
@@ -99,7 +109,9 @@ async def follow_inbox(
         for room_id, last_seq in current.items():
             seen = delivered.get(room_id, 0)
             if last_seq > seen:
-                async for message in _stored_after(db, room_id, seen, up_to_seq=last_seq):
+                async for message in _stored_after(
+                    db, room_id, seen, up_to_seq=last_seq, directory=directory
+                ):
                     yield message
                     delivered[room_id] = message.seq
 
@@ -118,7 +130,7 @@ async def follow_inbox(
                 continue
             if message.seq > seen + 1:
                 async for missing in _stored_after(
-                    db, message.room_id, seen, up_to_seq=message.seq - 1
+                    db, message.room_id, seen, up_to_seq=message.seq - 1, directory=directory
                 ):
                     yield missing
                     delivered[message.room_id] = missing.seq

@@ -13,13 +13,9 @@ from typing import Any
 import orjson
 
 from api.core.errors import BadUserInput
+from api.users.views import UserView
 
-
-@dataclass(frozen=True, slots=True)
-class UserView:
-    id: uuid.UUID
-    name: str
-    created_at: datetime
+__all__ = ["MessagePage", "MessageView", "RoomPage", "RoomView", "UserView"]
 
 
 @dataclass(frozen=True, slots=True)

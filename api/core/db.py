@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import DateTime, MetaData, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -116,8 +117,20 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+# What asyncpg raises when the server cannot be reached or the connection broke; constraint
+# violations and other statement errors are not among them and pass through.
+_PG_UNREACHABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
 @contextmanager
-def _unavailable_when_unreachable() -> Iterator[None]:
+def unavailable_when_unreachable() -> Iterator[None]:
     """Turn "cannot reach the database" into SERVICE_UNAVAILABLE; other errors pass."""
     try:
         yield
@@ -127,6 +140,7 @@ def _unavailable_when_unreachable() -> Iterator[None]:
         OperationalError,
         OSError,
         ConnectionError,
+        *_PG_UNREACHABLE,
     ) as error:
         log.warning("database unavailable: %s", error)
         raise ServiceUnavailable() from error
@@ -137,13 +151,119 @@ def _unavailable_when_unreachable() -> Iterator[None]:
         raise
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool reset hook: nothing to reset (see PgPool.open)."""
+
+
+class PgPool:
+    """asyncpg's own pool, for the statements on hot paths (PostgreSQL only).
+
+    SQLAlchemy's async engine costs hundreds of microseconds per statement in compilation,
+    greenlet switches and result wrapping; asyncpg prepares each distinct statement once per
+    connection (its statement cache) and returns plain records. Every call maps an unreachable
+    server to SERVICE_UNAVAILABLE, like the engine's sessions.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout: float) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+        # Statement observers (tests that check which SQL a request runs).
+        self.observers: list[Callable[[str, tuple[Any, ...]], None]] = []
+
+    @classmethod
+    async def open(cls, url: str, *, size: int, acquire_timeout: float = 5.0) -> PgPool:
+        """A pool for a SQLAlchemy-style URL; connects lazily, so a server that is down at
+        start-up only fails the requests made while it is down."""
+        dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=0,
+            max_size=size,
+            timeout=acquire_timeout,
+            command_timeout=30,
+            max_inactive_connection_lifetime=300,
+            # asyncpg's default reset runs "RESET ALL; UNLISTEN *; ..." (a round trip) every
+            # time a connection goes back to the pool. Nothing here sets session state, so
+            # only an open transaction needs undoing, which asyncpg does before this hook.
+            reset=_keep_session,
+        )
+        return cls(pool, acquire_timeout=acquire_timeout)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        # asyncio.timeout rather than acquire(timeout=...), which wraps every acquire in a
+        # wait_for task even when a connection is free.
+        async with asyncio.timeout(self._acquire_timeout):
+            return await self._pool.acquire()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection, for several statements in a row or a transaction."""
+        with unavailable_when_unreachable():
+            connection = await self._acquire()
+            try:
+                yield connection
+            finally:
+                await self._pool.release(connection)
+
+    def _observe(self, sql: str, args: tuple[Any, ...]) -> None:
+        for observer in self.observers:
+            observer(sql, args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """One row (or None) of one autocommitted statement."""
+        if self.observers:
+            self._observe(sql, args)
+        with unavailable_when_unreachable():
+            connection = await self._acquire()
+            try:
+                return await connection.fetchrow(sql, *args)
+            finally:
+                await self._pool.release(connection)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Every row of one autocommitted statement."""
+        if self.observers:
+            self._observe(sql, args)
+        with unavailable_when_unreachable():
+            connection = await self._acquire()
+            try:
+                rows: list[asyncpg.Record] = await connection.fetch(sql, *args)
+                return rows
+            finally:
+                await self._pool.release(connection)
+
+    async def execute(self, sql: str, *args: Any) -> str:
+        """Run one autocommitted statement; its status tag (e.g. "UPDATE 1")."""
+        if self.observers:
+            self._observe(sql, args)
+        with unavailable_when_unreachable():
+            connection = await self._acquire()
+            try:
+                status: str = await connection.execute(sql, *args)
+                return status
+            finally:
+                await self._pool.release(connection)
+
+    async def close(self) -> None:
+        """Close every connection (waits for those lent out, up to a few seconds)."""
+        try:
+            await asyncio.wait_for(self._pool.close(), 5)
+        except TimeoutError:
+            self._pool.terminate()
+
+
 class Database:
-    """The engine and session factory of one running app."""
+    """The engines of one running app: SQLAlchemy's (every statement on SQLite, the cold ones
+    on PostgreSQL) and, on PostgreSQL, asyncpg's pool for the hot ones (`pg`)."""
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = is_sqlite(url)
+        self.pool_size = pool_size
+        # On PostgreSQL the hot paths use `pg`; SQLAlchemy's pool serves the rest and needs
+        # fewer connections.
+        self.engine = create_engine(url, pool_size=max(2, pool_size // 2))
+        self.pg: PgPool | None = None
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # Single-statement reads need no transaction: autocommit saves BEGIN and ROLLBACK.
         self._reader = (
@@ -155,13 +275,18 @@ class Database:
         # a turn), so in-process writers queue here instead, in order and without sleeping.
         self._sqlite_write_lock = asyncio.Lock()
 
+    async def start(self) -> None:
+        """Open the asyncpg pool on PostgreSQL (called by the app's lifespan)."""
+        if not self.is_sqlite and self.pg is None:
+            self.pg = await PgPool.open(self.url, size=self.pool_size)
+
     @asynccontextmanager
     async def session(self, *, write: bool = False) -> AsyncIterator[AsyncSession]:
         """A session in one transaction: committed on success, rolled back on error.
 
         `write=True` on SQLite takes the write lock when the transaction begins.
         """
-        with _unavailable_when_unreachable():
+        with unavailable_when_unreachable():
             if write and self.is_sqlite:
                 async with (
                     self._sqlite_write_lock,
@@ -176,9 +301,22 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A plain connection for Core reads on hot paths: no ORM session, no identity map."""
-        with _unavailable_when_unreachable():
+        """A plain connection for Core reads: no ORM session, no identity map."""
+        with unavailable_when_unreachable():
             async with self._reader.connect() as connection:
+                yield connection
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in one transaction (on SQLite: the write lock, BEGIN IMMEDIATE)."""
+        with unavailable_when_unreachable():
+            if self.is_sqlite:
+                async with self._sqlite_write_lock, self.engine.connect() as plain:
+                    connection = await plain.execution_options(**{_IMMEDIATE: True})
+                    async with connection.begin():
+                        yield connection
+                return
+            async with self.engine.begin() as connection:
                 yield connection
 
     async def ping(self) -> bool:
@@ -193,6 +331,9 @@ class Database:
 
     async def dispose(self) -> None:
         """Close every pooled connection."""
+        if self.pg is not None:
+            await self.pg.close()
+            self.pg = None
         await self.engine.dispose()
 
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     message_max_length: int = Field(default=4000, ge=1)
     database_pool_size: int = Field(default=10, ge=1)
     subscriber_queue_size: int = Field(default=256, ge=1)
+    # How long a session read from the database authenticates requests without another read.
+    # Sign-out and refresh reach every instance's cache at once through pub/sub; this bounds
+    # how long a lost notice could matter.
+    session_cache_ttl: float = Field(default=5.0, ge=0, le=5)
 
     # Abuse limits; 0 turns a limit off. Rates read "N/<seconds>s", several separated by ",".
     rate_limit_messages: str = "30/10s,300/300s"

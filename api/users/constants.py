@@ -17,3 +17,7 @@ SESSION_REFRESHED = "refreshed"
 def session_channel(session_id: uuid.UUID) -> str:
     """The pub/sub channel on which a session's sign-out and refresh are announced."""
     return f"session:{session_id}"
+
+
+# Every instance's session cache listens here for sessions signed out or refreshed anywhere.
+SESSIONS_CHANNEL = "sessions"

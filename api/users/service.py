@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
+import logging
 import unicodedata
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
 
 from api.core import security
 from api.core.db import Database, utcnow
@@ -21,6 +17,8 @@ from api.core.errors import BadUserInput, Conflict, Unauthenticated
 from api.core.pubsub import RESYNC, PubSub
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
+from api.users import store
+from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.constants import (
     NAME_MAX_LENGTH,
     NAME_MIN_LENGTH,
@@ -28,27 +26,25 @@ from api.users.constants import (
     PASSWORD_MIN_LENGTH,
     SESSION_REFRESHED,
     SESSION_REVOKED,
+    SESSIONS_CHANNEL,
     SIGN_IN_FAILED,
     USER_AGENT_MAX_LENGTH,
     session_channel,
 )
-from api.users.models import User, UserSession
+from api.users.passwords import PasswordHasher
+from api.users.views import Authenticated, SessionRecord, UserView
 
+log = logging.getLogger(__name__)
 
-@dataclass(frozen=True, slots=True)
-class Authenticated:
-    """Who is calling: the user and the session (device) the token belongs to."""
-
-    user: User
-    session: UserSession
+SESSION_ENDED = "Your session has ended; sign in again."
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedSession:
     """A freshly signed session: the cookie value to set and when it expires."""
 
-    user: User
-    session: UserSession
+    user: UserView
+    session: SessionRecord
     cookie_value: str
     expires_at: datetime
 
@@ -87,55 +83,11 @@ def _has_lone_surrogate(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
-@lru_cache(maxsize=8)
-def _decoy_hash(pepper: bytes, iterations: int) -> str:
-    # Verified against when the name is unknown, so both failures cost the same work.
-    return security.hash_password("decoy password", pepper=pepper, iterations=iterations)
-
-
-# At most this many hashes at once, whatever the load: sign-ups and sign-ins queue here instead
-# of filling the default thread pool that everything else off the loop shares.
-_HASHES_AT_ONCE = max(1, os.cpu_count() or 1)
-_hashing_gates: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
-
-
-def _hashing() -> asyncio.Semaphore:
-    # One gate per event loop: a semaphore belongs to the loop that first waits on it.
-    loop = asyncio.get_running_loop()
-    gate = _hashing_gates.get(loop)
-    if gate is None:
-        for stale in [other for other in _hashing_gates if other.is_closed()]:
-            del _hashing_gates[stale]
-        gate = _hashing_gates[loop] = asyncio.Semaphore(_HASHES_AT_ONCE)
-    return gate
-
-
-async def _decoy(*, keys: Keys, iterations: int) -> str:
-    # The first call computes a full-cost hash: off the loop like every other hash.
-    async with _hashing():
-        return await asyncio.to_thread(_decoy_hash, keys.pepper, iterations)
-
-
-async def _hash(password: str, *, keys: Keys, iterations: int) -> str:
-    # PBKDF2 at 600k iterations takes hundreds of milliseconds: keep it off the event loop.
-    async with _hashing():
-        return await asyncio.to_thread(
-            security.hash_password, password, pepper=keys.pepper, iterations=iterations
-        )
-
-
-async def _verify(password: str, encoded: str, *, keys: Keys) -> bool:
-    async with _hashing():
-        return await asyncio.to_thread(
-            security.verify_password, password, encoded, pepper=keys.pepper
-        )
-
-
 def _clip_user_agent(user_agent: str | None) -> str | None:
     return user_agent[:USER_AGENT_MAX_LENGTH] if user_agent else None
 
 
-def _issue(user: User, session: UserSession, *, keys: Keys) -> IssuedSession:
+def _issue(user: UserView, session: SessionRecord, *, keys: Keys) -> IssuedSession:
     claims = TokenClaims(
         user_id=str(user.id),
         session_id=str(session.id),
@@ -150,15 +102,16 @@ def _issue(user: User, session: UserSession, *, keys: Keys) -> IssuedSession:
     )
 
 
-def _new_session(user: User, *, ttl: timedelta, user_agent: str | None) -> UserSession:
+def _new_session(user_id: uuid.UUID, *, ttl: timedelta, user_agent: str | None) -> SessionRecord:
     now = utcnow()
-    # Whole seconds, because the JWT's exp claim has no fractions.
-    expires_at = (now + ttl).replace(microsecond=0)
-    return UserSession(
-        user_id=user.id,
+    return SessionRecord(
+        id=uuid.uuid4(),
+        user_id=user_id,
         jti=security.new_token_id(),
         created_at=now,
-        expires_at=expires_at,
+        # Whole seconds, because the JWT's exp claim has no fractions.
+        expires_at=(now + ttl).replace(microsecond=0),
+        revoked_at=None,
         user_agent=_clip_user_agent(user_agent),
     )
 
@@ -166,6 +119,7 @@ def _new_session(user: User, *, ttl: timedelta, user_agent: str | None) -> UserS
 async def sign_up(
     *,
     db: Database,
+    hasher: PasswordHasher,
     keys: Keys,
     name: str,
     password: str,
@@ -185,49 +139,45 @@ async def sign_up(
     if limiter is not None:
         await limiter.acquire(limiter.limits.sign_up_per_address, address)
     key = name_key(display_name)
-    async with db.session() as session:
-        taken = await session.scalar(select(col(User.id)).where(col(User.name_key) == key))
-    if taken is not None:
+    if await store.user_by_key(db, key) is not None:
         raise Conflict("That name is taken.")
-    password_hash = await _hash(password, keys=keys, iterations=iterations)
-    user = User(name=display_name, name_key=key, password_hash=password_hash)
-    try:
-        async with db.session(write=True) as session:
-            session.add(user)
-            await session.flush()
-            user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
-            session.add(user_session)
-    except IntegrityError as error:
-        # Two sign-ups for the same name raced; the unique index decided.
-        raise Conflict("That name is taken.") from error
-    return _issue(user, user_session, keys=keys)
+    password_hash = await hasher.hash(password, iterations=iterations)
+    user = UserView(id=uuid.uuid4(), name=display_name, created_at=utcnow())
+    session = _new_session(user.id, ttl=ttl, user_agent=user_agent)
+    await store.create_user(
+        db, user=user, name_key=key, password_hash=password_hash, session=session
+    )
+    return _issue(user, session, keys=keys)
 
 
 async def _check_password(
     *,
     db: Database,
-    keys: Keys,
+    hasher: PasswordHasher,
     password: str,
     iterations: int,
-    account: str,
+    account_key: str,
     searchable: bool,
-) -> User | None:
-    """The account's user if the password is right; the same work whether or not it exists."""
-    user = None
+) -> tuple[UserView, str] | None:
+    """The account's user and hash if the password is right; the same work whether or not the
+    account exists."""
+    account = None
     if searchable and len(password) <= PASSWORD_MAX_LENGTH:
-        async with db.session() as session:
-            user = await session.scalar(select(User).where(col(User.name_key) == account))
-    encoded = user.password_hash if user else await _decoy(keys=keys, iterations=iterations)
+        account = await store.account_by_key(db, account_key)
+    encoded = account.password_hash if account else await hasher.decoy(iterations=iterations)
     # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
     encodable = not _has_lone_surrogate(password)
     candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"
-    valid = await _verify(candidate, encoded, keys=keys) and encodable
-    return user if valid else None
+    valid = await hasher.verify(candidate, encoded) and encodable
+    if account is None or not valid:
+        return None
+    return account.user, account.password_hash
 
 
 async def sign_in(
     *,
     db: Database,
+    hasher: PasswordHasher,
     keys: Keys,
     name: str,
     password: str,
@@ -246,139 +196,159 @@ async def sign_in(
     checks in flight are capped, so parallel guesses add only that many tries.
     """
     searchable = _could_be_a_name(name)
-    account = name_key(name)[: 4 * NAME_MAX_LENGTH] if searchable else "-"
+    account_key = name_key(name)[: 4 * NAME_MAX_LENGTH] if searchable else "-"
     if limiter is not None:
         await limiter.check(limiter.limits.sign_in_per_address, address)
-        await limiter.acquire(limiter.limits.sign_in, account)
+        await limiter.acquire(limiter.limits.sign_in, account_key)
     guard = (
         limiter.in_flight(limiter.limits.sign_in_per_address, address)
         if limiter is not None
         else contextlib.nullcontext()
     )
     async with guard:
-        user = await _check_password(
+        found = await _check_password(
             db=db,
-            keys=keys,
+            hasher=hasher,
             password=password,
             iterations=iterations,
-            account=account,
+            account_key=account_key,
             searchable=searchable,
         )
-    if user is None:
+    if found is None:
         if limiter is not None:
             await limiter.count(limiter.limits.sign_in_per_address, address)
         raise Unauthenticated(SIGN_IN_FAILED)
+    user, password_hash = found
     if limiter is not None:
-        await limiter.reset(limiter.limits.sign_in, account)
+        await limiter.reset(limiter.limits.sign_in, account_key)
     new_hash = None
-    if security.password_needs_rehash(user.password_hash, iterations=iterations):
+    if security.password_needs_rehash(password_hash, iterations=iterations):
         # The iteration count was raised since this hash was made: upgrade it now.
-        new_hash = await _hash(password, keys=keys, iterations=iterations)
-    async with db.session(write=True) as session:
-        if new_hash is not None:
-            await session.execute(
-                update(User).where(col(User.id) == user.id).values(password_hash=new_hash)
-            )
-            user.password_hash = new_hash
-        user_session = _new_session(user, ttl=ttl, user_agent=user_agent)
-        session.add(user_session)
-    return _issue(user, user_session, keys=keys)
+        new_hash = await hasher.hash(password, iterations=iterations)
+    session = _new_session(user.id, ttl=ttl, user_agent=user_agent)
+    await store.add_session(db, session=session, new_password_hash=new_hash)
+    return _issue(user, session, keys=keys)
 
 
-def read_token(cookie_value: str, *, keys: Keys) -> TokenClaims:
+def read_token(cookie_value: str, *, keys: Keys, tokens: TokenCache | None = None) -> TokenClaims:
     """Decrypt a cookie value and verify the JWT inside; Unauthenticated on any failure."""
-    try:
-        token = security.decrypt_cookie(cookie_value, key=keys.cookie)
-        return security.decode_token(token, key=keys.jwt)
-    except security.InvalidToken as error:
-        raise Unauthenticated("Your session is invalid; sign in again.") from error
+    claims = tokens.get(cookie_value) if tokens is not None else None
+    if claims is None:
+        try:
+            token = security.decrypt_cookie(cookie_value, key=keys.cookie)
+            claims = security.decode_token(token, key=keys.jwt)
+        except security.InvalidToken as error:
+            raise Unauthenticated("Your session is invalid; sign in again.") from error
+        if tokens is not None:
+            tokens.put(cookie_value, claims)
+    elif claims.expires_at <= utcnow():
+        # Verified once, but the token has expired since.
+        raise Unauthenticated("Your session is invalid; sign in again.")
+    return claims
 
 
-async def authenticate(*, db: Database, keys: Keys, cookie_value: str) -> Authenticated:
-    """Resolve a cookie value to its live session and user; Unauthenticated otherwise."""
-    claims = read_token(cookie_value, keys=keys)
+async def authenticate(
+    *,
+    db: Database,
+    keys: Keys,
+    cookie_value: str,
+    tokens: TokenCache | None = None,
+    sessions: SessionCache | None = None,
+) -> Authenticated:
+    """Resolve a cookie value to its live session and user; Unauthenticated otherwise.
+
+    Every authenticated request runs this. With the caches, a session seen in the last few
+    seconds costs no database round trip and no cryptography.
+    """
+    claims = read_token(cookie_value, keys=keys, tokens=tokens)
     try:
         session_id = uuid.UUID(claims.session_id)
         user_id = uuid.UUID(claims.user_id)
     except ValueError as error:
         raise Unauthenticated() from error
-    # Every authenticated request runs this: one Core query, no ORM session.
-    sessions, users = UserSession.__table__, User.__table__  # type: ignore[attr-defined]
-    async with db.read() as connection:
-        row = (
-            await connection.execute(
-                select(sessions, users.c.name, users.c.name_key, users.c.password_hash)
-                .add_columns(users.c.created_at.label("user_created_at"))
-                .join(users, users.c.id == sessions.c.user_id)
-                .where(sessions.c.id == session_id, sessions.c.user_id == user_id)
-            )
-        ).first()
-    if row is None:
-        raise Unauthenticated("Your session has ended; sign in again.")
-    user_session = UserSession(
-        id=row.id,
-        user_id=row.user_id,
-        jti=row.jti,
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-        revoked_at=row.revoked_at,
-        user_agent=row.user_agent,
-    )
-    user = User(
-        id=row.user_id,
-        name=row.name,
-        name_key=row.name_key,
-        password_hash=row.password_hash,
-        created_at=row.user_created_at,
-    )
+    now = utcnow()
+    auth = sessions.get(session_id, now) if sessions is not None else None
+    if auth is None:
+        generation = sessions.generation if sessions is not None else 0
+        loaded = await store.load_session(db, session_id=session_id, user_id=user_id)
+        if loaded is None:
+            raise Unauthenticated(SESSION_ENDED)
+        auth = Authenticated(user=loaded[1], session=loaded[0])
+        if auth.session.revoked_at is None and sessions is not None:
+            sessions.put(auth, generation=generation)
     if (
-        user_session.revoked_at is not None
-        or user_session.expires_at <= utcnow()
-        or user_session.jti != claims.jti
+        auth.session.revoked_at is not None
+        or auth.session.expires_at <= now
+        or auth.session.jti != claims.jti
+        or auth.user.id != user_id
     ):
         # A revoked session, an expired one, or a token that a refresh replaced.
-        raise Unauthenticated("Your session has ended; sign in again.")
-    return Authenticated(user=user, session=user_session)
+        raise Unauthenticated(SESSION_ENDED)
+    return auth
 
 
-async def sign_out(*, db: Database, pubsub: PubSub | None = None, session_id: uuid.UUID) -> None:
-    """Revoke a session: its tokens stop working at once and its sockets close, on any instance."""
-    async with db.session(write=True) as session:
-        await session.execute(
-            update(UserSession)
-            .where(col(UserSession.id) == session_id, col(UserSession.revoked_at).is_(None))
-            .values(revoked_at=utcnow())
-        )
+async def _announce(pubsub: PubSub | None, session_id: uuid.UUID, signal: str) -> None:
     if pubsub is not None:
-        await pubsub.publish(session_channel(session_id), SESSION_REVOKED)
+        # Sockets of this session (any instance) and every instance's session cache.
+        await pubsub.publish(session_channel(session_id), signal)
+        await pubsub.publish(SESSIONS_CHANNEL, str(session_id))
+
+
+async def sign_out(
+    *,
+    db: Database,
+    session_id: uuid.UUID,
+    pubsub: PubSub | None = None,
+    sessions: SessionCache | None = None,
+) -> None:
+    """Revoke a session: its tokens stop working at once and its sockets close, on any instance."""
+    await store.revoke_session(db, session_id=session_id, at=utcnow())
+    if sessions is not None:
+        sessions.drop(session_id)
+    await _announce(pubsub, session_id, SESSION_REVOKED)
 
 
 async def refresh_session(
-    *, db: Database, pubsub: PubSub | None = None, keys: Keys, auth: Authenticated, ttl: timedelta
+    *,
+    db: Database,
+    keys: Keys,
+    auth: Authenticated,
+    ttl: timedelta,
+    pubsub: PubSub | None = None,
+    sessions: SessionCache | None = None,
 ) -> IssuedSession:
     """Give the current session a new token (new jti and expiry); the old token stops working."""
-    now = utcnow()
-    jti = security.new_token_id()
-    expires_at = (now + ttl).replace(microsecond=0)
-    async with db.session(write=True) as session:
-        result = await session.execute(
-            update(UserSession)
-            .where(
-                col(UserSession.id) == auth.session.id,
-                col(UserSession.jti) == auth.session.jti,
-                col(UserSession.revoked_at).is_(None),
-            )
-            .values(jti=jti, expires_at=expires_at)
-        )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            # A concurrent refresh or sign-out got there first.
-            raise Unauthenticated("Your session has ended; sign in again.")
-        user_session = await session.get(UserSession, auth.session.id, populate_existing=True)
-    assert user_session is not None
-    if pubsub is not None:
-        # Open sockets of this session move their deadline to the new expiry.
-        await pubsub.publish(session_channel(auth.session.id), SESSION_REFRESHED)
-    return _issue(auth.user, user_session, keys=keys)
+    expires_at = (utcnow() + ttl).replace(microsecond=0)
+    session = await store.replace_token(
+        db,
+        session_id=auth.session.id,
+        old_jti=auth.session.jti,
+        new_jti=security.new_token_id(),
+        expires_at=expires_at,
+    )
+    if session is None:
+        # A concurrent refresh or sign-out got there first.
+        raise Unauthenticated(SESSION_ENDED)
+    if sessions is not None:
+        sessions.drop(session.id)
+    # Open sockets of this session move their deadline to the new expiry.
+    await _announce(pubsub, session.id, SESSION_REFRESHED)
+    return _issue(auth.user, session, keys=keys)
+
+
+async def watch_session_changes(*, pubsub: PubSub, sessions: SessionCache) -> None:
+    """Keep this instance's session cache true: drop what any instance signs out or refreshes,
+    and everything after a broker reconnect (notices may have been lost). Runs until
+    cancelled."""
+    async with pubsub.subscribe(SESSIONS_CHANNEL) as notices:
+        async for notice in notices:
+            if notice is RESYNC:
+                sessions.clear()
+                continue
+            try:
+                sessions.drop(uuid.UUID(str(notice)))
+            except ValueError:
+                log.warning("ignoring a malformed session notice")
 
 
 def _could_be_a_name(name: str) -> bool:
@@ -390,43 +360,53 @@ def _could_be_a_name(name: str) -> bool:
     )
 
 
-async def find_user_by_name(*, db: Database, name: str) -> User | None:
+async def find_user_by_name(
+    *, db: Database, name: str, directory: UserDirectory | None = None
+) -> UserView | None:
     """The user with that name (compared as the uniqueness key), or None."""
     if not _could_be_a_name(name):
         return None
-    async with db.session() as session:
-        return await session.scalar(select(User).where(col(User.name_key) == name_key(name)))
+    key = name_key(name)
+    user = directory.get_by_key(key) if directory is not None else None
+    if user is None:
+        user = await store.user_by_key(db, key)
+        if user is not None and directory is not None:
+            directory.put(user, key)
+    return user
 
 
-async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[UserSession]:
+async def user_views(
+    *, db: Database, ids: Iterable[uuid.UUID], directory: UserDirectory | None = None
+) -> dict[uuid.UUID, UserView]:
+    """Views of these users by id (senders and members), from the directory where it can."""
+    found: dict[uuid.UUID, UserView] = {}
+    missing = []
+    for user_id in ids:
+        if user_id in found:
+            continue
+        user = directory.get(user_id) if directory is not None else None
+        if user is None:
+            missing.append(user_id)
+        else:
+            found[user_id] = user
+    if missing:
+        for user in await store.users_by_ids(db, set(missing)):
+            found[user.id] = user
+            if directory is not None:
+                directory.put(user)
+    return found
+
+
+async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[SessionRecord]:
     """The user's sessions that are neither revoked nor expired, newest first."""
-    async with db.session() as session:
-        rows = await session.scalars(
-            select(UserSession)
-            .where(
-                col(UserSession.user_id) == user_id,
-                col(UserSession.revoked_at).is_(None),
-                col(UserSession.expires_at) > utcnow(),
-            )
-            .order_by(col(UserSession.created_at).desc())
-        )
-        return list(rows.all())
-
-
-async def _session_deadline(db: Database, session_id: uuid.UUID) -> datetime | None:
-    """When the session ends: its expiry, or None when it is revoked or gone."""
-    async with db.session() as session:
-        row = await session.get(UserSession, session_id)
-    if row is None or row.revoked_at is not None:
-        return None
-    return row.expires_at
+    return list(await store.active_sessions(db, user_id=user_id, now=utcnow()))
 
 
 async def wait_for_session_end(*, db: Database, pubsub: PubSub, session_id: uuid.UUID) -> str:
     """Return "revoked" or "expired" once the session ends (a refresh moves the deadline)."""
     async with pubsub.subscribe(session_channel(session_id)) as signals:
         # Read after subscribing, so a sign-out in between is not missed.
-        deadline = await _session_deadline(db, session_id)
+        deadline = await store.session_deadline(db, session_id=session_id)
         events = aiter(signals)
         while True:
             if deadline is None:
@@ -444,4 +424,4 @@ async def wait_for_session_end(*, db: Database, pubsub: PubSub, session_id: uuid
             if signal == SESSION_REVOKED:
                 deadline = None
             elif signal in (SESSION_REFRESHED, RESYNC):
-                deadline = await _session_deadline(db, session_id)
+                deadline = await store.session_deadline(db, session_id=session_id)

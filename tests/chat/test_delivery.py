@@ -10,6 +10,8 @@ import pytest
 
 from api.chat.constants import room_channel, user_channel
 from api.chat.views import encode_message_cursor
+from api.users.constants import session_channel
+from api.users.service import read_token
 from tests.support import (
     INBOX,
     MESSAGE_ADDED,
@@ -262,6 +264,10 @@ async def test_abrupt_disconnect_leaves_no_subscription_or_task_behind(
             await socket.subscribe(MESSAGE_ADDED, {"roomId": room_id})
         await socket.subscribe(INBOX)
         await wait_for_subscribers(server, channel, 5)
+        await wait_for_subscribers(server, user_channel(uuid.UUID(bob.user["id"])))  # type: ignore[index]
+        keys = server.app.state.chat.keys
+        bob_session = uuid.UUID(read_token(bob.session_cookie, keys=keys).session_id)
+        await wait_for_subscribers(server, session_channel(bob_session))
         # Five room streams, the inbox, and the watcher that closes the socket at sign-out.
         assert pubsub.subscriber_count == baseline_subscribers + 7
         # Drop the TCP connection without a close frame, like a phone losing its network.

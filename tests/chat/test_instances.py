@@ -17,7 +17,9 @@ from api.chat.constants import room_channel
 from api.chat.views import MessageView
 from api.core.db import Database
 from api.core.pubsub import PubSub
+from api.core.tasks import Unfinished
 from api.users.models import User
+from api.users.views import UserView
 from tests.conftest import TEST_ITERATIONS, TEST_SECRET, make_settings
 from tests.support import (
     MESSAGE_ADDED,
@@ -185,17 +187,22 @@ async def test_a_subscriber_too_slow_for_its_queue_is_refilled_from_the_database
 ) -> None:
     """A consumer that reads nothing while 300 messages arrive still gets each once, in order."""
     db = Database(database_url)
+    await db.start()
     pubsub = PubSub("memory://", queue_size=4)
     await pubsub.connect()
+    unfinished = Unfinished()
     try:
         async with db.session(write=True) as session:
             tag = uuid.uuid4().hex[:8]
-            alice = User(name=f"slowa{tag}", name_key=f"slowa{tag}", password_hash="-")
-            bob = User(name=f"slowb{tag}", name_key=f"slowb{tag}", password_hash="-")
-            session.add_all([alice, bob])
+            rows = [
+                User(name=f"slow{who}{tag}", name_key=f"slow{who}{tag}", password_hash="-")
+                for who in "ab"
+            ]
+            session.add_all(rows)
+        alice, bob = (UserView(id=row.id, name=row.name, created_at=row.created_at) for row in rows)
         room = await chat.open_direct_room(db=db, me=alice, with_name=bob.name)
         first = await chat.send_message(
-            db=db, pubsub=pubsub, sender=alice, room_id=room.id, data="0"
+            db=db, pubsub=pubsub, unfinished=unfinished, sender=alice, room_id=room.id, data="0"
         )
         stream = delivery.follow_room(
             db=db, pubsub=pubsub, user_id=bob.id, room_id=room.id, after=first.cursor
@@ -206,7 +213,12 @@ async def test_a_subscriber_too_slow_for_its_queue_is_refilled_from_the_database
         await pubsub.wait_for_subscribers(room_channel(room.id))
         for i in range(300):
             await chat.send_message(
-                db=db, pubsub=pubsub, sender=alice, room_id=room.id, data=str(i)
+                db=db,
+                pubsub=pubsub,
+                unfinished=unfinished,
+                sender=alice,
+                room_id=room.id,
+                data=str(i),
             )
         (subscription,) = pubsub.subscriptions(room_channel(room.id))
         assert subscription.overflows > 0

@@ -487,7 +487,12 @@ async def test_a_send_cut_off_after_commit_is_still_published(server, make_clien
         published = asyncio.ensure_future(anext(aiter(subscription)))
         send = asyncio.ensure_future(
             chat_service.send_message(
-                db=state.db, pubsub=state.pubsub, sender=auth.user, room_id=room_id, data="cut"
+                db=state.db,
+                pubsub=state.pubsub,
+                unfinished=state.unfinished,
+                sender=auth.user,
+                room_id=room_id,
+                data="cut",
             )
         )
         await asyncio.sleep(0)  # the send starts, then its caller is cancelled

@@ -29,8 +29,10 @@ PAGE_SIZE = 7
 
 @contextmanager
 def captured_sql(server: RunningServer) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement (with its parameters) the server's engine runs inside the block."""
-    engine = server.app.state.chat.db.engine.sync_engine
+    """Every statement (with its parameters) the server runs inside the block, through either
+    of its engines (SQLAlchemy's, and asyncpg's pool on PostgreSQL)."""
+    db = server.app.state.chat.db
+    engine = db.engine.sync_engine
     statements: list[tuple[str, Any]] = []
 
     def capture(
@@ -38,11 +40,18 @@ def captured_sql(server: RunningServer) -> Iterator[list[tuple[str, Any]]]:
     ) -> None:
         statements.append((statement, parameters))
 
+    def observe(statement: str, parameters: tuple[Any, ...]) -> None:
+        statements.append((statement, parameters))
+
     event.listen(engine, "before_cursor_execute", capture)
+    if db.pg is not None:
+        db.pg.observers.append(observe)
     try:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", capture)
+        if db.pg is not None:
+            db.pg.observers.remove(observe)
 
 
 def _skips_rows(statement: str, parameters: Any, *, sqlite: bool) -> bool:

@@ -9,12 +9,17 @@ import pytest
 from api.core.db import Database
 from api.core.security import Keys, derive_keys
 from api.core.settings import Settings
+from tests.support import RunningServer
+from tests.users.helpers import AnnouncingDatabase
 
 
 @pytest.fixture(scope="session")
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """The run's database, opened by the test itself to read and change rows directly."""
-    database = Database(database_url, pool_size=2)
+async def db(database_url: str, server: RunningServer) -> AsyncIterator[Database]:
+    """The run's database, opened by the test itself to read and change rows directly; session
+    changes made through it are announced to the shared server."""
+    database = AnnouncingDatabase(
+        database_url, sessions=server.app.state.chat.sessions, pool_size=2
+    )
     yield database
     await database.dispose()
 

@@ -15,6 +15,7 @@ from sqlmodel import col
 from api.core import security
 from api.core.db import Database
 from api.core.security import Keys
+from api.users.cache import SessionCache
 from api.users.models import User, UserSession
 from api.users.service import name_key
 
@@ -148,6 +149,16 @@ async def session_row(db: Database, session_id: uuid.UUID | str) -> UserSession:
     return row
 
 
+class AnnouncingDatabase(Database):
+    """The run's database for tests that change rows directly, which knows the shared server's
+    session cache: a tool that changes sessions behind the server's back must announce it, as
+    sign-out and refresh do (unannounced, a change shows within SESSION_CACHE_TTL)."""
+
+    def __init__(self, url: str, *, sessions: SessionCache, pool_size: int = 2) -> None:
+        super().__init__(url, pool_size=pool_size)
+        self.sessions = sessions
+
+
 async def update_session(db: Database, session_id: uuid.UUID | str, **values: Any) -> None:
     """Change a session row behind the server's back (e.g. move expires_at into the past)."""
     async with db.session() as session:
@@ -156,3 +167,5 @@ async def update_session(db: Database, session_id: uuid.UUID | str, **values: An
             .where(col(UserSession.id) == uuid.UUID(str(session_id)))
             .values(**values)
         )
+    if isinstance(db, AnnouncingDatabase):
+        db.sessions.drop(uuid.UUID(str(session_id)))

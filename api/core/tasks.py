@@ -1,0 +1,39 @@
+"""Work that must finish even when the request that started it is cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Unfinished:
+    """Tasks that must run to the end (a send committed but not yet published), built by the
+    app's lifespan and drained at shutdown. Holding them here also keeps the GC from
+    collecting a task whose request went away."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` to completion even if the caller is cancelled; return its result."""
+        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self, limit_s: float = 10.0) -> None:
+        """Wait for every unfinished task (at shutdown), up to `limit_s` seconds."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=limit_s)
+        if pending:
+            log.warning("%d sends still unfinished at shutdown", len(pending))
