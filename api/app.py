@@ -87,17 +87,27 @@ def create_app(
             sessions=SessionCache(ttl=settings.session_cache_ttl),
             directory=UserDirectory(),
             unfinished=Unfinished(),
-            documents=Documents(
-                view.schema._schema,  # type: ignore[attr-defined]
-                rules=document_rules(
-                    production=settings.is_production,
-                    max_depth=settings.max_query_depth,
-                    max_aliases=settings.max_aliases,
-                ),
-                max_tokens=settings.max_query_tokens,
-                hide_suggestions=settings.is_production,
-            ),
         )
+        state.documents = Documents(
+            view.schema._schema,  # type: ignore[attr-defined]
+            rules=document_rules(
+                production=settings.is_production,
+                max_depth=settings.max_query_depth,
+                max_aliases=settings.max_aliases,
+            ),
+            max_tokens=settings.max_query_tokens,
+            hide_suggestions=settings.is_production,
+        )
+        state.hub = Hub(
+            schema=view.schema._schema,  # type: ignore[attr-defined]
+            documents=state.documents,
+            db=db,
+            pubsub=pubsub,
+            directory=state.directory,
+            to_root=MessageType.from_view,
+            behind_limit=settings.ws_behind_limit,
+        )
+        state.hub.start()
         session_notices = asyncio.create_task(
             users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
             name="session-notices",
@@ -112,6 +122,7 @@ def create_app(
         finally:
             # Sends already committed are published before pub/sub goes away.
             await state.unfinished.drain()
+            await state.hub.stop()
             session_notices.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session_notices
@@ -121,8 +132,10 @@ def create_app(
 
     # The app factory is the one place in api/ that mounts the GraphQL layer.
     from schema import document_rules
+    from schema.chat import MessageType
     from schema.documents import Documents
     from schema.http import GraphQLHTTPEndpoint
+    from schema.hub import Hub
     from schema.view import create_view
 
     view = create_view(settings)

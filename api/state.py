@@ -32,3 +32,5 @@ class AppState:
     # The GraphQL layer's prepared-document cache (schema.documents.Documents); typed loosely
     # because api/ never imports schema/.
     documents: Any = None
+    # The delivery hub (schema.hub.Hub), likewise.
+    hub: Any = None

@@ -25,7 +25,6 @@ from strawberry.types.graphql import OperationType
 
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.errors import format_errors
-from schema.fanout import SharedEventExecutor
 from schema.users import UsersMutation, UsersQuery
 
 Query = merge_types("Query", (UsersQuery, ChatQuery))
@@ -109,7 +108,6 @@ def build_schema(
         subscription=ChatSubscription,
         extensions=all_extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
-        execution_context_class=SharedEventExecutor,
     )
 
 

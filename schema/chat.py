@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from functools import lru_cache
 from typing import Annotated, Any, TypeVar
 
 import strawberry
 from strawberry.types.unset import UNSET, UnsetType
 
-from api.chat import delivery
 from api.chat import service as chat
 from api.chat.constants import DEFAULT_ROOMS_PAGE_SIZE
 from api.chat.views import (
@@ -22,7 +20,7 @@ from api.chat.views import (
     encode_room_cursor,
 )
 from schema.context import Info
-from schema.fanout import shareable
+from schema.hub import Operation, current_operation
 from schema.users import UserType
 
 T = TypeVar("T")
@@ -41,7 +39,6 @@ def _user(view: UserView) -> UserType:
     return UserType(id=strawberry.ID(str(view.id)), name=view.name, created_at=view.created_at)
 
 
-@shareable
 @strawberry.type(name="Message")
 class MessageType:
     id: strawberry.ID
@@ -75,13 +72,6 @@ class MessageType:
             client_message_id=view.client_message_id,
             cursor=view.cursor,
         )
-
-
-@lru_cache(maxsize=4096)
-def shared_message(view: MessageView) -> MessageType:
-    """One MessageType per delivered message, the same object for every subscriber, so its
-    result is computed once (schema.fanout)."""
-    return MessageType.from_view(view)
 
 
 @strawberry.type(
@@ -303,16 +293,14 @@ class ChatSubscription:
         self, info: Info, room_id: strawberry.ID, after: str | None = UNSET
     ) -> AsyncGenerator[MessageType, None]:
         auth = await info.context.require_auth()
-        state = info.context.state
-        async for message in delivery.follow_room(
-            db=state.db,
-            pubsub=state.pubsub,
+        await info.context.state.hub.follow_room(
+            operation=_hub_operation(),
             user_id=auth.user.id,
             room_id=chat.parse_room_id(room_id),
             after=given(after),
-            directory=state.directory,
-        ):
-            yield shared_message(message)
+        )
+        return
+        yield  # an async generator for strawberry; the hub writes each result itself
 
     @strawberry.subscription(
         description=(
@@ -321,8 +309,14 @@ class ChatSubscription:
     )
     async def inbox(self, info: Info) -> AsyncGenerator[MessageType, None]:
         auth = await info.context.require_auth()
-        state = info.context.state
-        async for message in delivery.follow_inbox(
-            db=state.db, pubsub=state.pubsub, user_id=auth.user.id, directory=state.directory
-        ):
-            yield shared_message(message)
+        await info.context.state.hub.follow_inbox(operation=_hub_operation(), user_id=auth.user.id)
+        return
+        yield  # an async generator for strawberry; the hub writes each result itself
+
+
+def _hub_operation() -> Operation:
+    operation = current_operation.get()
+    if operation is None:
+        # Only the WebSocket handlers (schema.ws) run subscriptions; HTTP refuses them.
+        raise RuntimeError("a subscription ran outside a WebSocket operation")
+    return operation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,12 @@ class Context:
     @property
     def is_websocket(self) -> bool:
         return isinstance(self.request, WebSocket)
+
+    @property
+    def viewer_id(self) -> uuid.UUID | None:
+        """The signed-in user, once authenticated (results that depend on the viewer key on
+        it)."""
+        return self._auth.user.id if self._auth is not None else None
 
     @property
     def user_agent(self) -> str | None:

@@ -30,7 +30,6 @@ from api.state import AppState
 from schema.context import Context
 from schema.documents import is_subscription
 from schema.errors import format_errors
-from schema.fanout import SharedEventExecutor
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +145,6 @@ class GraphQLHTTPEndpoint:
                 context_value=context,
                 variable_values=variables,
                 operation_name=operation_name,
-                executor_class=SharedEventExecutor,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             )
         )

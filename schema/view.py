@@ -23,6 +23,7 @@ from api.state import AppState
 from api.users import service as users
 from schema import build_schema
 from schema.context import Context
+from schema.ws import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,11 @@ GRAPHIQL_CSP = (
 
 
 class ChatGraphQL(GraphQL[Context, None]):
-    """GraphQL over HTTP and WebSocket (graphql-transport-ws and legacy graphql-ws)."""
+    """GraphQL over WebSocket (graphql-transport-ws and legacy graphql-ws) and the GraphiQL
+    page; POST requests go to schema.http."""
+
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":

@@ -321,10 +321,40 @@ async def send(client: GraphQLClient, room_id: str, data: str, **extra: Any) -> 
     return message
 
 
+def subscriptions_on(server: RunningServer, channel: str) -> int:
+    """Live subscriptions on a channel: the delivery hub's (rooms, inboxes), else pub/sub's."""
+    state = server.app.state.chat
+    if channel in state.hub.channels:
+        count: int = state.hub.subscribers(channel)
+        return count
+    return int(state.pubsub.subscribers(channel))
+
+
+async def _until(server: RunningServer, settled: Any) -> None:
+    state = server.app.state.chat
+
+    async def wait() -> None:
+        while True:
+            # The events are taken before the check, so a change in between is not missed.
+            events = (state.hub.change_event, state.pubsub.change_event)
+            if settled():
+                return
+            changes = [asyncio.ensure_future(event.wait()) for event in events]
+            _, pending = await asyncio.wait(changes, return_when=asyncio.FIRST_COMPLETED)
+            for change in pending:
+                change.cancel()
+
+    try:
+        await asyncio.wait_for(wait(), 10)
+    except TimeoutError:
+        channels = {name: len(channel.sinks) for name, channel in state.hub.channels.items()}
+        pubsub = {name: len(ch.subscribers) for name, ch in state.pubsub._channels.items()}
+        raise AssertionError(f"not settled: hub {channels}, pub/sub {pubsub}") from None
+
+
 async def wait_for_subscribers(server: RunningServer, channel: str, count: int = 1) -> None:
-    """Wait until the in-process server has `count` subscriptions on a pub/sub channel."""
-    pubsub = server.app.state.chat.pubsub
-    await asyncio.wait_for(pubsub.wait_for_subscribers(channel, count), 10)
+    """Wait until the in-process server has `count` subscriptions on a channel."""
+    await _until(server, lambda: subscriptions_on(server, channel) >= count)
 
 
 def assert_exactly_once_in_order(seqs: list[int], first: int, last: int) -> None:
@@ -343,13 +373,11 @@ def assert_exactly_once_in_order(seqs: list[int], first: int, last: int) -> None
 
 async def wait_for_no_subscribers(server: RunningServer, channel: str) -> None:
     """Wait until the in-process server has no subscription left on a channel."""
-    pubsub = server.app.state.chat.pubsub
-
-    async def drained() -> None:
-        while pubsub.subscribers(channel):
-            await pubsub.changed()
-
-    await asyncio.wait_for(drained(), 10)
+    state = server.app.state.chat
+    await _until(
+        server,
+        lambda: channel not in state.hub.channels and not state.pubsub.subscribers(channel),
+    )
 
 
 class ProcessFailed(Exception):
@@ -454,12 +482,14 @@ class ServerProcess(ChildProcess):
         return f"ws://127.0.0.1:{self.port}/graphql"
 
 
+def subscription_total(server: RunningServer) -> int:
+    """Every subscription of the in-process server: the hub's, and pub/sub's own (session
+    watchers and caches; the hub holds one pub/sub subscription per channel)."""
+    state = server.app.state.chat
+    hub_channels = sum(1 for channel in state.hub.channels.values() if channel.subscription)
+    return int(state.hub.sink_count + state.pubsub.subscriber_count - hub_channels)
+
+
 async def wait_for_subscriber_total(server: RunningServer, total: int) -> None:
     """Wait until the in-process server has exactly `total` subscriptions on all channels."""
-    pubsub = server.app.state.chat.pubsub
-
-    async def settled() -> None:
-        while pubsub.subscriber_count != total:
-            await pubsub.changed()
-
-    await asyncio.wait_for(settled(), 10)
+    await _until(server, lambda: subscription_total(server) == total)

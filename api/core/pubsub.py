@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -128,17 +128,29 @@ def create_backend(url: str) -> BroadcastBackend:
     raise ValueError(f"Unsupported BROADCAST_URL scheme {scheme!r}: use memory:// or redis://")
 
 
-class Subscription:
-    """One subscriber's bounded queue of messages (str) and RESYNC markers."""
+Handler = Callable[[str | _Marker], None]
 
-    def __init__(self, channel: str, maxsize: int) -> None:
+
+class Subscription:
+    """One subscriber of a channel: a bounded queue of messages (str) and RESYNC markers, or,
+    for a subscriber that handles events itself (the delivery hub), a handler called with each
+    one as it arrives."""
+
+    def __init__(self, channel: str, maxsize: int, handler: Handler | None = None) -> None:
         self.channel = channel
         self._queue: asyncio.Queue[str | _Marker] = asyncio.Queue()
         self._maxsize = maxsize
+        self._handler = handler
         self.overflows = 0
 
     def deliver(self, message: str | _Marker) -> None:
         """Queue a message; a full queue is replaced by one RESYNC, so memory stays bounded."""
+        if self._handler is not None:
+            try:
+                self._handler(message)
+            except Exception:  # a handler's bug must not stop the channel's other subscribers
+                log.exception("pub/sub handler for %s failed", self.channel)
+            return
         if self._queue.qsize() >= self._maxsize:
             self.overflows += 1
             while not self._queue.empty():
@@ -220,6 +232,12 @@ class PubSub:
         """Wait until a subscription starts or ends."""
         await self._changed.wait()
 
+    @property
+    def change_event(self) -> asyncio.Event:
+        """The event the next start or end of a subscription sets (take it before checking
+        counts, then wait on it, and no change is missed)."""
+        return self._changed
+
     def _notify(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -292,20 +310,39 @@ class PubSub:
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
         """Subscribe to a channel; the broker subscription is in place when this returns."""
         subscription = Subscription(channel, self.queue_size)
-        state = self._channels.get(channel)
         try:
-            if state is None:
-                # Registered before the first await, so a concurrent subscriber joins this state
-                # instead of racing to create its own (encode/broadcaster#142). The broker
-                # subscription belongs to the channel, not to its first subscriber: if that one
-                # is cancelled meanwhile, the others still get it.
-                state = self._channels[channel] = _Channel(self._broker_subscribe(channel))
-            state.subscribers.add(subscription)
-            await asyncio.shield(state.ready)
-            self._notify()
+            await self._join(subscription)
             yield subscription
         finally:
-            await self._leave(channel, subscription)
+            await self.leave(subscription)
+
+    async def join(self, channel: str, handler: Handler) -> Subscription:
+        """Call `handler` with every message (and RESYNC) of a channel until `leave`; the
+        broker subscription is in place when this returns."""
+        subscription = Subscription(channel, self.queue_size, handler)
+        try:
+            await self._join(subscription)
+        except BaseException:
+            await self.leave(subscription)
+            raise
+        return subscription
+
+    async def leave(self, subscription: Subscription) -> None:
+        """End a subscription (the broker's ends with the channel's last local subscriber)."""
+        await self._leave(subscription.channel, subscription)
+
+    async def _join(self, subscription: Subscription) -> None:
+        channel = subscription.channel
+        state = self._channels.get(channel)
+        if state is None:
+            # Registered before the first await, so a concurrent subscriber joins this state
+            # instead of racing to create its own (encode/broadcaster#142). The broker
+            # subscription belongs to the channel, not to its first subscriber: if that one
+            # is cancelled meanwhile, the others still get it.
+            state = self._channels[channel] = _Channel(self._broker_subscribe(channel))
+        state.subscribers.add(subscription)
+        await asyncio.shield(state.ready)
+        self._notify()
 
     async def _broker_subscribe(self, channel: str) -> None:
         try:

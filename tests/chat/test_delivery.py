@@ -22,6 +22,8 @@ from tests.support import (
     assert_exactly_once_in_order,
     open_direct_room,
     send,
+    subscription_total,
+    subscriptions_on,
     wait_for_no_subscribers,
     wait_for_subscriber_total,
     wait_for_subscribers,
@@ -96,15 +98,17 @@ async def test_every_device_receives_every_message_from_concurrent_senders_once_
     try:
         await asyncio.wait_for(asyncio.gather(*watchers), 120)
     except TimeoutError:
-        subscriptions = server.app.state.chat.pubsub.subscriptions(room_channel(uuid.UUID(room_id)))
+        hub = server.app.state.chat.hub
+        channel = hub.channels.get(room_channel(uuid.UUID(room_id)))
+        sinks = list(channel.sinks) if channel else []
         raise AssertionError(
             "deliveries stalled: "
             + "; ".join(
                 f"device {i}: {len(seqs)} received, last {seqs[-3:]}"
                 for i, seqs in enumerate(received)
             )
-            + f"; server queues pending={[s.pending() for s in subscriptions]}"
-            + f" overflows={[s.overflows for s in subscriptions]}"
+            + f"; server sinks live={[sink.live for sink in sinks]}"
+            + f" delivered={[getattr(sink, 'seq', None) for sink in sinks]}"
         ) from None
     elapsed = time.perf_counter() - started
     all_sent = sorted(seq for seqs in sent for seq in seqs)
@@ -173,7 +177,7 @@ async def test_subscribing_to_someone_elses_room_is_forbidden(
     assert message["type"] in ("next", "error"), message
     errors = message["payload"]["errors"] if message["type"] == "next" else message["payload"]
     assert errors[0]["extensions"]["code"] == "FORBIDDEN"
-    assert server.app.state.chat.pubsub.subscribers(room_channel(uuid.UUID(room_id))) == 0
+    assert subscriptions_on(server, room_channel(uuid.UUID(room_id))) == 0
 
 
 async def test_socket_without_a_session_is_rejected_before_any_operation(
@@ -255,9 +259,8 @@ async def test_abrupt_disconnect_leaves_no_subscription_or_task_behind(
     server: RunningServer, make_client
 ) -> None:
     alice, bob, room_id = await two_users(make_client)
-    pubsub = server.app.state.chat.pubsub
     channel = room_channel(uuid.UUID(room_id))
-    baseline_subscribers = pubsub.subscriber_count
+    baseline_subscribers = subscription_total(server)
     baseline_tasks = asyncio.all_tasks()
     async with GraphQLWebSocket.connect(server.ws_url, cookie=bob.session_cookie) as socket:
         for _ in range(5):
@@ -269,15 +272,15 @@ async def test_abrupt_disconnect_leaves_no_subscription_or_task_behind(
         bob_session = uuid.UUID(read_token(bob.session_cookie, keys=keys).session_id)
         await wait_for_subscribers(server, session_channel(bob_session))
         # Five room streams, the inbox, and the watcher that closes the socket at sign-out.
-        assert pubsub.subscriber_count == baseline_subscribers + 7
+        assert subscription_total(server) == baseline_subscribers + 7
         # Drop the TCP connection without a close frame, like a phone losing its network.
         socket.connection.transport.abort()
         await wait_for_no_subscribers(server, channel)
     await wait_for_no_subscribers(server, user_channel(uuid.UUID(bob.user["id"])))  # type: ignore[index]
     # The session watcher ends with the connection, a moment after the operations.
     await wait_for_subscriber_total(server, baseline_subscribers)
-    assert pubsub.subscriber_count == baseline_subscribers
-    assert pubsub.subscribers(channel) == 0
+    assert subscription_total(server) == baseline_subscribers
+    assert subscriptions_on(server, channel) == 0
     # Every task the connection started (reader, operations) ends on its own.
     leftover = asyncio.all_tasks() - baseline_tasks - {asyncio.current_task()}
     if leftover:
@@ -297,7 +300,7 @@ async def test_completing_a_subscription_unsubscribes_its_channel(
         await wait_for_subscribers(server, channel)
         await follow.stop()
         await wait_for_no_subscribers(server, channel)
-    assert server.app.state.chat.pubsub.subscribers(channel) == 0
+    assert subscriptions_on(server, channel) == 0
 
 
 async def test_a_query_over_the_legacy_protocol_is_a_client_error_not_an_internal_one(

@@ -5,21 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from api.chat import delivery
-from api.chat import service as chat
-from api.chat.constants import room_channel
-from api.chat.views import MessageView
-from api.core.db import Database
-from api.core.pubsub import PubSub
-from api.core.tasks import Unfinished
-from api.users.models import User
-from api.users.views import UserView
 from tests.conftest import TEST_ITERATIONS, TEST_SECRET, make_settings
 from tests.support import (
     MESSAGE_ADDED,
@@ -180,56 +170,3 @@ async def test_a_subscriber_fills_the_gap_from_the_database_after_a_redis_outage
         assert_exactly_once_in_order(await asyncio.wait_for(watcher, 60), 2, 31)
         await alice.aclose()
         await bob.aclose()
-
-
-async def test_a_subscriber_too_slow_for_its_queue_is_refilled_from_the_database(
-    database_url: str,
-) -> None:
-    """A consumer that reads nothing while 300 messages arrive still gets each once, in order."""
-    db = Database(database_url)
-    await db.start()
-    pubsub = PubSub("memory://", queue_size=4)
-    await pubsub.connect()
-    unfinished = Unfinished()
-    try:
-        async with db.session(write=True) as session:
-            tag = uuid.uuid4().hex[:8]
-            rows = [
-                User(name=f"slow{who}{tag}", name_key=f"slow{who}{tag}", password_hash="-")
-                for who in "ab"
-            ]
-            session.add_all(rows)
-        alice, bob = (UserView(id=row.id, name=row.name, created_at=row.created_at) for row in rows)
-        room = await chat.open_direct_room(db=db, me=alice, with_name=bob.name)
-        first = await chat.send_message(
-            db=db, pubsub=pubsub, unfinished=unfinished, sender=alice, room_id=room.id, data="0"
-        )
-        stream = delivery.follow_room(
-            db=db, pubsub=pubsub, user_id=bob.id, room_id=room.id, after=first.cursor
-        )
-        received: list[MessageView] = []
-        # Start the stream (it subscribes), then flood it without reading.
-        pending = asyncio.ensure_future(anext(stream))
-        await pubsub.wait_for_subscribers(room_channel(room.id))
-        for i in range(300):
-            await chat.send_message(
-                db=db,
-                pubsub=pubsub,
-                unfinished=unfinished,
-                sender=alice,
-                room_id=room.id,
-                data=str(i),
-            )
-        (subscription,) = pubsub.subscriptions(room_channel(room.id))
-        assert subscription.overflows > 0
-        assert subscription.pending() <= pubsub.queue_size + 1
-        received.append(await pending)
-        while len(received) < 300:
-            received.append(await asyncio.wait_for(anext(stream), 10))
-        assert_exactly_once_in_order([m.seq for m in received], 2, 301)
-        assert [m.data for m in received] == [str(i) for i in range(300)]
-        await stream.aclose()
-        assert pubsub.subscriber_count == 0
-    finally:
-        await pubsub.disconnect()
-        await db.dispose()

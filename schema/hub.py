@@ -1,0 +1,725 @@
+"""The delivery hub: one per process, between pub/sub and the sockets.
+
+Per event it decodes the payload once, executes each distinct subscription selection once
+(selections that read viewer-dependent fields are keyed by viewer), encodes the `next` payload
+once, and writes each subscriber's frame (that payload with its operation id spliced in)
+straight to the socket. No task, queue or generator per subscriber.
+
+Exactly once and in order (ARCHITECTURE.md, "Delivery without loss or duplicates"): each
+subscription (a sink) knows the last seq it delivered. A live event with the next seq is
+written; an older one is dropped; a newer one means something was missed, and the sink refills
+from the database. A sink also refills when it starts (replay after its cursor), after a
+RESYNC (broker reconnect), and when its socket drains after falling behind: while a socket is
+behind (its unsent bytes past a high-water mark) nothing more is buffered for it, and a socket
+that stays behind too long is closed with 1013 (try again later); clients resume by cursor.
+A refill reads the store in small chunks and goes live once it has caught up with what the
+channel has seen, in one step with no await in between, so no event falls between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    TypeInfo,
+    TypeInfoVisitor,
+    VariableNode,
+    Visitor,
+    execute,
+    visit,
+)
+
+from api.chat import service as chat
+from api.chat.constants import room_channel, user_channel
+from api.chat.views import MessageView, decode_message_cursor
+from api.core.db import Database
+from api.core.errors import BadUserInput
+from api.core.pubsub import RESYNC, PubSub, Subscription
+from api.core.websocket import ChatWebSocketProtocol
+from api.users.cache import UserDirectory
+from schema.documents import Documents
+from schema.errors import format_errors
+
+log = logging.getLogger(__name__)
+
+# Rows per store read while refilling: small, so a refill never holds much in memory and
+# yields the loop between chunks.
+REFILL_CHUNK = 50
+# Metadata key marking a strawberry field whose value depends on who asks (Reaction.me,
+# Room.unreadCount): selections that read one are never shared between viewers.
+VIEWER_DEPENDENT = "viewer_dependent"
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+
+
+@dataclass(slots=True)
+class Operation:
+    """One subscribe message on one socket, as the protocol handler received it."""
+
+    id: str
+    query: str
+    variables: dict[str, Any] | None
+    operation_name: str | None
+    socket: Socket
+    context: Any
+
+
+# Set by the protocol handlers around the task that runs each operation (schema.ws), so the
+# subscription resolvers can hand their operation to the hub.
+current_operation: ContextVar[Operation | None] = ContextVar("current_operation", default=None)
+
+
+class Ended(Exception):
+    """The hub ended a subscription on its own (shutdown); the stream completes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What makes two subscribers' results the same: the document, the operation, the values
+    of the variables its selection reads, and (for viewer-dependent selections) the viewer."""
+
+    document: DocumentNode
+    operation_name: str | None
+    selection_variables: tuple[str, ...]
+    per_viewer: bool
+
+
+class Shapes:
+    """Shapes by (document text, operation name), computed once; bounded."""
+
+    def __init__(self, schema: GraphQLSchema, size: int = 1024) -> None:
+        self.schema = schema
+        self.size = size
+        self._shapes: OrderedDict[tuple[str, str | None], Shape] = OrderedDict()
+
+    def of(self, document: DocumentNode, query: str, operation_name: str | None) -> Shape:
+        key = (query, operation_name)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = self._compute(document, operation_name)
+            if len(self._shapes) > self.size:
+                self._shapes.popitem(last=False)
+        return shape
+
+    def _compute(self, document: DocumentNode, operation_name: str | None) -> Shape:
+        operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+        operation = next(
+            (
+                op
+                for op in operations
+                if operation_name is None
+                or (op.name is not None and op.name.value == operation_name)
+            ),
+            operations[0],
+        )
+        variables = _SelectionVariables()
+        viewer = _ViewerFields(TypeInfo(self.schema))
+        # The root field's own arguments (roomId, after) only choose which events arrive;
+        # everything below it, and directives, decide what a result holds.
+        for selection in operation.selection_set.selections:
+            if isinstance(selection, FieldNode):
+                for directive in selection.directives or ():
+                    visit(directive, variables)
+                if selection.selection_set is not None:
+                    visit(selection.selection_set, variables)
+            else:
+                visit(selection, variables)
+        fragments = [d for d in document.definitions if not isinstance(d, OperationDefinitionNode)]
+        for fragment in fragments:
+            visit(fragment, variables)
+        visit(document, TypeInfoVisitor(viewer.type_info, viewer))
+        return Shape(
+            document=document,
+            operation_name=operation_name,
+            selection_variables=tuple(sorted(variables.names)),
+            per_viewer=viewer.found,
+        )
+
+
+class _SelectionVariables(Visitor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+
+    def enter_variable(self, node: VariableNode, *_: Any) -> None:
+        self.names.add(node.name.value)
+
+
+class _ViewerFields(Visitor):
+    def __init__(self, type_info: TypeInfo) -> None:
+        super().__init__()
+        self.type_info = type_info
+        self.found = False
+
+    def enter_field(self, node: FieldNode, *_: Any) -> None:
+        field = self.type_info.get_field_def()
+        definition = field.extensions.get("strawberry-definition") if field else None
+        metadata = getattr(definition, "metadata", None) or {}
+        if metadata.get(VIEWER_DEPENDENT):
+            self.found = True
+
+
+class Socket:
+    """One WebSocket connection as the hub sees it: its sinks, and whether it is behind."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        protocol: str,
+        transport: ChatWebSocketProtocol | None,
+        fallback: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self.hub = hub
+        self.protocol = protocol
+        self.transport = transport
+        self._fallback = fallback
+        self._pending: list[bytes] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self.sinks: set[Sink] = set()
+        self.behind = False
+        self._behind_timer: asyncio.TimerHandle | None = None
+        if transport is not None:
+            transport.flow = self
+
+    def prefix(self, operation_id: str) -> bytes:
+        """The start of this protocol's result frame for an operation, up to the payload."""
+        op = orjson.dumps(operation_id)
+        if self.protocol == LEGACY_WS:
+            return b'{"type":"data","id":' + op + b',"payload":'
+        return b'{"id":' + op + b',"type":"next","payload":'
+
+    def write(self, frame: bytes) -> bool:
+        """Write a frame now; False when the socket is behind or closed (nothing is kept)."""
+        if self.behind:
+            return False
+        transport = self.transport
+        if transport is None:
+            return self._write_fallback(frame)
+        if not transport.open:
+            return False
+        transport.write_text(frame)
+        if transport.buffered() >= transport.transport.get_write_buffer_limits()[1]:
+            # pause_writing came (or comes) with this write: from now on the socket is behind.
+            self.paused()
+        return True
+
+    def _write_fallback(self, frame: bytes) -> bool:
+        # Not under our uvicorn protocol (another ASGI server): frames go through ASGI sends,
+        # in order, from one task per socket, with the same bound on what waits.
+        size = sum(len(pending) for pending in self._pending)
+        if size + len(frame) > self.hub.fallback_high_water:
+            self.paused()
+            return False
+        self._pending.append(frame)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return True
+
+    async def _flush(self) -> None:
+        while self._pending:
+            frame = self._pending.pop(0)
+            try:
+                await self._fallback(frame.decode())
+            except Exception:  # noqa: BLE001 - a closed socket ends its sinks elsewhere
+                self._pending.clear()
+                return
+        if self.behind:
+            self.resumed()
+
+    def paused(self) -> None:
+        """The socket's unsent data passed the high-water mark."""
+        if self.behind:
+            return
+        self.behind = True
+        self.hub.sockets_behind += 1
+        self._behind_timer = asyncio.get_running_loop().call_later(
+            self.hub.behind_limit, self._give_up
+        )
+        for sink in self.sinks:
+            sink.live = False
+
+    def resumed(self) -> None:
+        """The socket drained below the low-water mark: refill every sink from its seq."""
+        if not self.behind:
+            return
+        self.behind = False
+        if self._behind_timer is not None:
+            self._behind_timer.cancel()
+            self._behind_timer = None
+        for sink in list(self.sinks):
+            sink.refill()
+
+    def _give_up(self) -> None:
+        self._behind_timer = None
+        if not self.behind or self.transport is None:
+            return
+        log.info("closing a socket that stayed behind for %.0f s", self.hub.behind_limit)
+        self.hub.sockets_closed_behind += 1
+        # 1013 (try again later): the client reconnects and resumes from its last cursor.
+        self.transport.queue.put_nowait({"type": "websocket.disconnect", "code": 1013})
+        if self.transport.open:
+            self.transport.conn.send_close(1013, "too far behind; resume from your cursor")
+            self.transport.transport.write(b"".join(self.transport.conn.data_to_send()))
+        self.transport.transport.close()
+
+    def close(self) -> None:
+        """The connection ended."""
+        if self._behind_timer is not None:
+            self._behind_timer.cancel()
+            self._behind_timer = None
+        if self.transport is not None:
+            self.transport.flow = None
+        self._pending.clear()
+
+
+class Sink:
+    """One subscription: where its frames go, and how far it has delivered."""
+
+    def __init__(self, hub: Hub, operation: Operation, shape: Shape, channel: Channel) -> None:
+        self.hub = hub
+        self.operation = operation
+        self.socket = operation.socket
+        self.shape = shape
+        self.channel = channel
+        self.prefix = operation.socket.prefix(operation.id)
+        variables = operation.variables or {}
+        viewer = getattr(operation.context, "viewer_id", None) if shape.per_viewer else None
+        self.key = (
+            id(shape),
+            tuple(_hashable(variables.get(name)) for name in shape.selection_variables),
+            viewer,
+        )
+        self.live = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refilling: asyncio.Task[None] | None = None
+        self._refill_again = False
+
+    # --- what subclasses define -------------------------------------------------------------
+
+    def next_seq(self, message: MessageView) -> int:
+        raise NotImplementedError
+
+    def delivered(self, message: MessageView) -> None:
+        raise NotImplementedError
+
+    async def _catch_up(self) -> None:
+        raise NotImplementedError
+
+    def caught_up(self) -> bool:
+        raise NotImplementedError
+
+    # --- delivery --------------------------------------------------------------------------
+
+    def emit(self, payload: bytes, message: MessageView) -> None:
+        """Write one result; on success the sink has delivered `message`."""
+        if self.socket.write(self.prefix + payload + b"}"):
+            self.delivered(message)
+        else:
+            self.live = False
+
+    def refill(self) -> None:
+        """Catch up from the store (in the background), then go live."""
+        self.live = False
+        if self.done.done():
+            return
+        if self._refilling is not None and not self._refilling.done():
+            self._refill_again = True
+            return
+        self._refilling = asyncio.create_task(self._refill())
+
+    async def _refill(self) -> None:
+        try:
+            while True:
+                self._refill_again = False
+                await self._catch_up()
+                if self.socket.behind or self.done.done():
+                    return
+                if not self._refill_again and self.caught_up():
+                    # Nothing the channel has seen is missing: live from the next event on.
+                    self.live = True
+                    return
+        except Exception as error:  # noqa: BLE001 - the stream ends with this error
+            self.end(error)
+
+    async def write_stored(self, message: MessageView) -> bool:
+        """Write a message read from the store; False when the socket fell behind."""
+        if self.socket.behind:
+            return False
+        payload = await self.hub.result(self, message)
+        self.emit(payload, message)
+        return not self.socket.behind
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Finish the subscription: with an error (sent as the stream's last result), or not."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+    def close(self) -> None:
+        self.live = False
+        if self._refilling is not None:
+            self._refilling.cancel()
+
+
+class RoomSink(Sink):
+    """messageAdded(roomId, after): one room's messages in seq order."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        operation: Operation,
+        shape: Shape,
+        channel: Channel,
+        *,
+        room_id: uuid.UUID,
+        after_seq: int,
+    ) -> None:
+        super().__init__(hub, operation, shape, channel)
+        self.room_id = room_id
+        self.seq = after_seq
+
+    def next_seq(self, message: MessageView) -> int:
+        return self.seq + 1
+
+    def delivered(self, message: MessageView) -> None:
+        self.seq = message.seq
+
+    def caught_up(self) -> bool:
+        return self.seq >= self.channel.seen.get(self.room_id, 0)
+
+    async def _catch_up(self) -> None:
+        while True:
+            chunk = await chat.read_messages_after(
+                db=self.hub.db,
+                room_id=self.room_id,
+                after_seq=self.seq,
+                limit=REFILL_CHUNK,
+                directory=self.hub.directory,
+            )
+            for message in chunk:
+                if message.seq <= self.seq:
+                    continue
+                if not await self.write_stored(message):
+                    return
+            if len(chunk) < REFILL_CHUNK:
+                return
+
+
+class InboxSink(Sink):
+    """inbox: every message of every room of one user, each room in seq order."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        operation: Operation,
+        shape: Shape,
+        channel: Channel,
+        *,
+        user_id: uuid.UUID,
+        start: dict[uuid.UUID, int],
+    ) -> None:
+        super().__init__(hub, operation, shape, channel)
+        self.user_id = user_id
+        self.seqs = start
+
+    def next_seq(self, message: MessageView) -> int:
+        return self.seqs.get(message.room_id, 0) + 1
+
+    def delivered(self, message: MessageView) -> None:
+        self.seqs[message.room_id] = message.seq
+
+    def caught_up(self) -> bool:
+        return all(self.seqs.get(room_id, 0) >= seq for room_id, seq in self.channel.seen.items())
+
+    async def _catch_up(self) -> None:
+        # What was committed since: the user's rooms now (rooms new since the start included).
+        current = await chat.room_last_seqs(db=self.hub.db, user_id=self.user_id)
+        for room_id, last_seq in current.items():
+            while self.seqs.get(room_id, 0) < last_seq:
+                chunk = await chat.read_messages_after(
+                    db=self.hub.db,
+                    room_id=room_id,
+                    after_seq=self.seqs.get(room_id, 0),
+                    up_to_seq=last_seq,
+                    limit=REFILL_CHUNK,
+                    directory=self.hub.directory,
+                )
+                if not chunk:
+                    break
+                for message in chunk:
+                    if message.seq <= self.seqs.get(room_id, 0):
+                        continue
+                    if not await self.write_stored(message):
+                        return
+
+
+class Channel:
+    """One pub/sub channel of this process and the sinks that follow it."""
+
+    def __init__(self, name: str, room_id: uuid.UUID | None) -> None:
+        self.name = name
+        self.room_id = room_id
+        self.sinks: set[Sink] = set()
+        # The highest seq seen per room since the channel was joined: a refill is complete
+        # once it has delivered this far.
+        self.seen: dict[uuid.UUID, int] = {}
+        self.subscription: Subscription | None = None
+        self.joined: asyncio.Future[None] | None = None
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return value
+
+
+class Hub:
+    """The delivery hub of one process (built by the app's lifespan)."""
+
+    def __init__(
+        self,
+        *,
+        schema: GraphQLSchema,
+        documents: Documents,
+        db: Database,
+        pubsub: PubSub,
+        directory: UserDirectory | None,
+        to_root: Callable[[MessageView], Any],
+        behind_limit: float = 30.0,
+        fallback_high_water: int = 128 * 1024,
+    ) -> None:
+        self.schema = schema
+        self.documents = documents
+        self.db = db
+        self.pubsub = pubsub
+        self.directory = directory
+        self.to_root = to_root
+        self.behind_limit = behind_limit
+        self.fallback_high_water = fallback_high_water
+        self.shapes = Shapes(schema)
+        self.channels: dict[str, Channel] = {}
+        self._events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.sockets_behind = 0
+        self.sockets_closed_behind = 0
+        self.deliveries = 0
+        # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
+        self._changed = asyncio.Event()
+
+    def start(self) -> None:
+        """Start dispatching (the lifespan calls this)."""
+        self._dispatcher = asyncio.create_task(self._dispatch_forever(), name="delivery-hub")
+
+    async def stop(self) -> None:
+        """End every subscription and stop dispatching."""
+        for channel in list(self.channels.values()):
+            for sink in list(channel.sinks):
+                sink.end(Ended())
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+
+    @property
+    def sink_count(self) -> int:
+        """How many subscriptions the hub serves."""
+        return sum(len(channel.sinks) for channel in self.channels.values())
+
+    def subscribers(self, channel_name: str) -> int:
+        """How many subscriptions follow a channel and receive what is published on it."""
+        channel = self.channels.get(channel_name)
+        if channel is None or channel.joined is None or not channel.joined.done():
+            return 0
+        return len(channel.sinks)
+
+    async def changed(self) -> None:
+        """Wait until a subscription starts or ends."""
+        await self._changed.wait()
+
+    @property
+    def change_event(self) -> asyncio.Event:
+        """The event the next start or end of a subscription sets (take it before checking
+        counts, then wait on it, and no change is missed)."""
+        return self._changed
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    # --- following -------------------------------------------------------------------------
+
+    async def follow_room(
+        self,
+        *,
+        operation: Operation,
+        user_id: uuid.UUID,
+        room_id: uuid.UUID,
+        after: str | None,
+    ) -> None:
+        """Stream a room's messages after `after` (or from now) to the operation's socket
+        until the subscription ends; raises what ended it with an error."""
+        after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
+        last_seq = await chat.room_position(db=self.db, user_id=user_id, room_id=room_id)
+        if after_seq is not None and after_seq > last_seq:
+            # Taken at face value it would silence every live message up to it.
+            raise BadUserInput("That cursor is past the room's last message.")
+        # Without a cursor the stream starts where the room stood when the request arrived,
+        # so a message sent once the subscription is in place is never taken for an older one.
+        start = last_seq if after_seq is None else after_seq
+        channel = self._channel(room_channel(room_id), room_id)
+        shape = self._shape(operation)
+        sink = RoomSink(self, operation, shape, channel, room_id=room_id, after_seq=start)
+        await self._run(sink)
+
+    async def follow_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> None:
+        """Stream every new message of the user's rooms (rooms created later included)."""
+        start = await chat.room_last_seqs(db=self.db, user_id=user_id)
+        channel = self._channel(user_channel(user_id), None)
+        shape = self._shape(operation)
+        sink = InboxSink(self, operation, shape, channel, user_id=user_id, start=start)
+        await self._run(sink)
+
+    def _shape(self, operation: Operation) -> Shape:
+        prepared = self.documents.prepare(operation.query)
+        # strawberry validated this document before the resolver ran.
+        assert prepared.document is not None
+        return self.shapes.of(prepared.document, operation.query, operation.operation_name)
+
+    def _channel(self, name: str, room_id: uuid.UUID | None) -> Channel:
+        channel = self.channels.get(name)
+        if channel is None:
+            channel = self.channels[name] = Channel(name, room_id)
+        return channel
+
+    async def _run(self, sink: Sink) -> None:
+        channel, socket = sink.channel, sink.socket
+        channel.sinks.add(sink)
+        socket.sinks.add(sink)
+        try:
+            await self._join(channel)
+            self._notify()
+            # Joined before reading, so nothing committed from here on slips between the two.
+            sink.refill()
+            await sink.done
+        except Ended:
+            return
+        finally:
+            sink.close()
+            channel.sinks.discard(sink)
+            socket.sinks.discard(sink)
+            self._notify()
+            if not channel.sinks:
+                await self._leave(channel)
+
+    async def _join(self, channel: Channel) -> None:
+        if channel.joined is None:
+            channel.joined = asyncio.ensure_future(self._subscribe(channel))
+        await asyncio.shield(channel.joined)
+
+    async def _subscribe(self, channel: Channel) -> None:
+        channel.subscription = await self.pubsub.join(
+            channel.name, lambda item: self._events.put_nowait((channel, item))
+        )
+
+    async def _leave(self, channel: Channel) -> None:
+        if self.channels.get(channel.name) is channel:
+            del self.channels[channel.name]
+        joined = channel.joined
+        if joined is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(joined)
+        if channel.subscription is not None:
+            await self.pubsub.leave(channel.subscription)
+
+    # --- dispatching -----------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            channel, item = await self._events.get()
+            try:
+                await self._dispatch(channel, item)
+            except Exception:  # a bug here must not stop delivery for everyone
+                log.exception("delivery hub failed on an event of %s", channel.name)
+
+    async def _dispatch(self, channel: Channel, item: Any) -> None:
+        if item is RESYNC:
+            # Events may have been lost (broker reconnect, overflow): every sink re-reads.
+            for sink in list(channel.sinks):
+                sink.refill()
+            return
+        message = MessageView.from_json(item)
+        if message.seq > channel.seen.get(message.room_id, 0):
+            channel.seen[message.room_id] = message.seq
+        groups = self._groups(channel, message)
+        if not groups:
+            return
+        root = self.to_root(message)
+        for sinks in groups.values():
+            payload = await self.result(sinks[0], message, root)
+            for sink in sinks:
+                # A socket may have fallen behind while the result was computed.
+                if sink.live:
+                    sink.emit(payload, message)
+                    self.deliveries += 1
+
+    @staticmethod
+    def _groups(channel: Channel, message: MessageView) -> dict[Any, list[Sink]]:
+        """The live sinks that take this message next, grouped by what their result is."""
+        groups: dict[Any, list[Sink]] = {}
+        for sink in channel.sinks:
+            if not sink.live:
+                continue
+            expected = sink.next_seq(message)
+            if message.seq < expected:
+                continue
+            if message.seq > expected:
+                # A gap: something was published that this sink did not see.
+                sink.refill()
+                continue
+            group = groups.get(sink.key)
+            if group is None:
+                groups[sink.key] = [sink]
+            else:
+                group.append(sink)
+        return groups
+
+    async def result(self, sink: Sink, message: MessageView, root: Any = None) -> bytes:
+        """The encoded `payload` of a sink's result for one message."""
+        operation = sink.operation
+        result = execute(
+            self.schema,
+            sink.shape.document,
+            root_value=root if root is not None else self.to_root(message),
+            context_value=operation.context,
+            variable_values=operation.variables,
+            operation_name=operation.operation_name,
+        )
+        if isinstance(result, Awaitable):
+            result = await result
+        assert isinstance(result, ExecutionResult)
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            format_errors(result.errors)
+            payload["errors"] = [error.formatted for error in result.errors]
+        return orjson.dumps(payload)
