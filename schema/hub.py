@@ -63,6 +63,9 @@ REFILL_CHUNK = 50
 # Room.unreadCount): selections that read one are never shared between viewers.
 VIEWER_DEPENDENT = "viewer_dependent"
 
+# Seconds a socket closed for being behind may take to flush before it is cut.
+ABORT_AFTER_CLOSE = 10.0
+
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 
@@ -273,10 +276,15 @@ class Socket:
         self.hub.sockets_closed_behind += 1
         # 1013 (try again later): the client reconnects and resumes from its last cursor.
         self.transport.queue.put_nowait({"type": "websocket.disconnect", "code": 1013})
+        transport = self.transport.transport
         if self.transport.open:
             self.transport.conn.send_close(1013, "too far behind; resume from your cursor")
-            self.transport.transport.write(b"".join(self.transport.conn.data_to_send()))
-        self.transport.transport.close()
+            transport.write(b"".join(self.transport.conn.data_to_send()))
+            self.transport.close_sent = True
+        # close() flushes first, which a client that reads nothing never lets happen: abort
+        # after a grace period, so what it left unread is freed either way.
+        transport.close()
+        asyncio.get_running_loop().call_later(ABORT_AFTER_CLOSE, transport.abort)
 
     def close(self) -> None:
         """The connection ended."""
