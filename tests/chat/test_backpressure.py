@@ -111,7 +111,7 @@ async def test_a_client_that_stops_reading_holds_at_most_the_high_water_mark_and
         assert stalled.behind
         assert stalled.transport.buffered() <= held <= HIGH_WATER + 8 * 1024
         # The client reads again: the socket drains and the rest comes from the database.
-        seqs = []
+        seqs: list[int] = []
         while len(seqs) < total:
             message = json.loads(await connection.recv())
             assert message["type"] == "next", message
