@@ -67,13 +67,15 @@ def pids_named(*names: str, cmdline_contains: dict[str, str] | None = None) -> l
     return found
 
 
-def machine_busy() -> tuple[float, float]:
-    """(busy seconds, total seconds) of all CPUs since boot, from /proc/stat."""
+def machine_busy() -> tuple[float, float, float]:
+    """(busy, total, steal) seconds of all CPUs since boot, from /proc/stat. Steal is time the
+    hypervisor gave to other guests: counted as busy, but not work done on this machine."""
     with open("/proc/stat") as handle:
         parts = [int(value) for value in handle.readline().split()[1:]]
     idle = parts[3] + parts[4]  # idle + iowait
     total = sum(parts[:8])
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+    steal = parts[7] if len(parts) > 7 else 0
+    return (total - idle) / CLK_TCK, total / CLK_TCK, steal / CLK_TCK
 
 
 @dataclass
@@ -84,6 +86,7 @@ class CpuSnapshot:
     generator: float
     machine_busy: float
     machine_total: float
+    machine_steal: float = 0.0
 
 
 class CpuMeter:
@@ -102,7 +105,7 @@ class CpuMeter:
     def snapshot(self) -> CpuSnapshot:
         pids = pids_named(*self.infra_names, cmdline_contains=self.infra_filter)
         infra = {pid: cpu_seconds(pid) for pid in pids} if self.infra_names else {}
-        busy, total = machine_busy()
+        busy, total, steal = machine_busy()
         return CpuSnapshot(
             at=time.perf_counter(),
             servers={pid: cpu_seconds(pid) for pid in self.server_pids},
@@ -110,6 +113,7 @@ class CpuMeter:
             generator=self_cpu_seconds(),
             machine_busy=busy,
             machine_total=total,
+            machine_steal=steal,
         )
 
     @staticmethod
@@ -122,7 +126,8 @@ class CpuMeter:
         )
         generator = after.generator - before.generator
         machine = after.machine_busy - before.machine_busy
-        other = max(0.0, machine - server - infra - generator)
+        steal = after.machine_steal - before.machine_steal
+        other = max(0.0, machine - steal - server - infra - generator)
         return {
             "wall_s": wall,
             "server_cpu_s": server,
@@ -134,4 +139,6 @@ class CpuMeter:
             "machine_cpu_pct": 100 * machine / wall if wall else 0.0,
             # Everything else on the machine: other people's tests, shared database processes.
             "other_cpu_pct": 100 * other / wall if wall else 0.0,
+            # CPU the hypervisor gave to other guests (a busy host).
+            "steal_cpu_pct": 100 * steal / wall if wall else 0.0,
         }
