@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,18 @@ def cpu_seconds(pid: int) -> float:
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = raw[raw.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def cpu_and_start(pid: int) -> tuple[float, int] | None:
+    """(utime + stime in seconds, start time in clock ticks since boot), or None when gone.
+    The start time tells a process from a later one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[19])
 
 
 def rss_bytes(pid: int) -> int:
@@ -67,6 +80,43 @@ def pids_named(*names: str, cmdline_contains: dict[str, str] | None = None) -> l
     return found
 
 
+class ProcessFinder:
+    """pids_named for repeated polling: a pid whose command name is not wanted is remembered
+    (backends are forked, so a postgres backend is named postgres from its first instant; its
+    title, which names the database, is read again until it matches)."""
+
+    def __init__(self, names: tuple[str, ...], narrow: dict[str, str] | None = None) -> None:
+        self.wanted = set(names)
+        self.narrow = {name: word.encode() for name, word in (narrow or {}).items()}
+        self.ignored: set[int] = set()
+
+    def find(self) -> list[int]:
+        found = []
+        alive = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            alive.add(pid)
+            if pid in self.ignored:
+                continue
+            try:
+                with open(f"/proc/{entry}/comm") as handle:
+                    comm = handle.read().strip()
+                if comm not in self.wanted:
+                    self.ignored.add(pid)
+                    continue
+                if comm in self.narrow:
+                    with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                        if self.narrow[comm] not in handle.read():
+                            continue
+                found.append(pid)
+            except OSError:
+                continue
+        self.ignored &= alive
+        return found
+
+
 def machine_busy() -> tuple[float, float, float]:
     """(busy, total, steal) seconds of all CPUs since boot, from /proc/stat. Steal is time the
     hypervisor gave to other guests: counted as busy, but not work done on this machine."""
@@ -82,7 +132,7 @@ def machine_busy() -> tuple[float, float, float]:
 class CpuSnapshot:
     at: float
     servers: dict[int, float]
-    infra: dict[int, float]
+    infra: dict[tuple[int, int], float]  # (pid, start time) -> CPU seconds last seen
     generator: float
     machine_busy: float
     machine_total: float
@@ -90,21 +140,55 @@ class CpuSnapshot:
 
 
 class CpuMeter:
-    """Before/after CPU of the server processes, the database/broker and this generator."""
+    """Before/after CPU of the server processes, the database/broker and this generator.
+
+    Database backends come and go (a pool's overflow connections live for a few transactions):
+    a thread looks for them every `poll_s` and remembers each one's last CPU reading, so one
+    that started after the `before` snapshot counts in full and one that ended before `after`
+    counts up to its last reading. Only backends that live less than `poll_s` are missed.
+    """
 
     def __init__(
         self,
         server_pids: list[int],
         infra_names: tuple[str, ...] = (),
         infra_filter: dict[str, str] | None = None,
+        poll_s: float = 0.1,
     ) -> None:
         self.server_pids = list(server_pids)
         self.infra_names = infra_names
         self.infra_filter = infra_filter
+        self.poll_s = poll_s
+        self._seen: dict[tuple[int, int], float] = {}
+        self._finder = ProcessFinder(infra_names, infra_filter)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> None:
+        pids = self._finder.find()
+        readings = [(pid, cpu_and_start(pid)) for pid in pids]
+        with self._lock:
+            for pid, reading in readings:
+                if reading is not None:
+                    self._seen[(pid, reading[1])] = reading[0]
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._poll()
+
+    def close(self) -> None:
+        self._stop.set()
 
     def snapshot(self) -> CpuSnapshot:
-        pids = pids_named(*self.infra_names, cmdline_contains=self.infra_filter)
-        infra = {pid: cpu_seconds(pid) for pid in pids} if self.infra_names else {}
+        infra: dict[tuple[int, int], float] = {}
+        if self.infra_names:
+            self._poll()
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._loop, name="cpu-meter", daemon=True)
+                self._thread.start()
+            with self._lock:
+                infra = dict(self._seen)
         busy, total, steal = machine_busy()
         return CpuSnapshot(
             at=time.perf_counter(),
@@ -120,10 +204,8 @@ class CpuMeter:
     def delta(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
         wall = after.at - before.at
         server = sum(after.servers[pid] - before.servers.get(pid, 0.0) for pid in after.servers)
-        # Only processes alive at both ends (a pooled backend lives through a phase).
-        infra = sum(
-            after.infra[pid] - before.infra[pid] for pid in after.infra if pid in before.infra
-        )
+        # Backends first seen after `before` started after it: all their CPU is in the window.
+        infra = sum(cpu - before.infra.get(key, 0.0) for key, cpu in after.infra.items())
         generator = after.generator - before.generator
         machine = after.machine_busy - before.machine_busy
         steal = after.machine_steal - before.machine_steal

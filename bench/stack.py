@@ -135,6 +135,7 @@ class Stack:
         self.sqlite_path: Path | None = None
         self.secret = secrets.token_urlsafe(48)
         self.servers: list[Server] = []
+        self.meters: list[Any] = []
         self._tmp: str | None = None
         # The yoga peer: located/installed at its first start; its own database.
         self.shared_dir = shared_dir
@@ -184,13 +185,16 @@ class Stack:
 
         kind = servers[0].kind if servers else "app"
         if kind == "relay":
-            return CpuMeter([s.pid for s in servers])
-        if kind == "yoga":
+            meter = CpuMeter([s.pid for s in servers])
+        elif kind == "yoga":
             names: tuple[str, ...] = ("postgres",)
             if self.name == "pg-redis":
                 names += ("redis-server",)
-            return CpuMeter([s.pid for s in servers], names, {"postgres": f" {self.yoga_db} "})
-        return CpuMeter([s.pid for s in servers], self.infra_process_names, self.infra_filter)
+            meter = CpuMeter([s.pid for s in servers], names, {"postgres": f" {self.yoga_db} "})
+        else:
+            meter = CpuMeter([s.pid for s in servers], self.infra_process_names, self.infra_filter)
+        self.meters.append(meter)  # closed (its polling thread) by stop_all
+        return meter
 
     @property
     def infra_process_names(self) -> tuple[str, ...]:
@@ -405,6 +409,15 @@ class Stack:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(server.stop() for server in self.servers))
+        for meter in self.meters:
+            meter.close()
+        self.meters.clear()
+        # Logs and GC pause files are kept next to the JSON for a post-mortem.
+        for server in self.servers:
+            for path in (server.log_path, server.gc_path):
+                if path is not None and path.parent != self.workdir:
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(path, self.workdir / path.name)
         self.servers.clear()
 
     async def teardown(self) -> None:
