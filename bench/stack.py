@@ -322,6 +322,7 @@ class Stack:
                 "RATE_LIMIT_MESSAGES": "0",
                 "RATE_LIMIT_SIGN_IN": "0",
                 "RATE_LIMIT_SIGN_IN_PER_ADDRESS": "0",
+                "RATE_LIMIT_SIGN_UP_PER_ADDRESS": "0",
                 "COOKIE_SECURE": "false",
                 "GRAPHIQL": "false",
                 "PYTHONUNBUFFERED": "1",
