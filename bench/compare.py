@@ -549,13 +549,16 @@ def _fmt(value: Any, digits: int = 1) -> str:
 def _short(step: dict[str, Any]) -> str:
     if step["pass"]:
         return "yes"
+    names = {"not drained": "undrained", "generator behind schedule": "generator behind"}
     reasons = []
     for part in step["fail_reason"].split("; "):
-        if part.startswith(("p99", "response p99")):
+        if part.startswith("p99"):
             reasons.append("p99")
+        elif part.startswith("response p99"):
+            reasons.append("response p99")
         elif part:
-            reasons.append(part.split(" ")[0])
-    return "no: " + ",".join(reasons)
+            reasons.append(names.get(part, part))
+    return "no: " + ", ".join(reasons)
 
 
 def sweep_best(result: dict[str, Any], label: str, phase: str = "sweep") -> dict[str, Any] | None:
