@@ -16,6 +16,7 @@ import asyncio
 import base64
 import itertools
 import os
+import socket
 import time
 from array import array
 from collections import deque
@@ -676,6 +677,7 @@ class LoadGen:
         self._client_id_prefix = os.urandom(4).hex()
         self._client_ids = itertools.count(1)
         self.resubscribed = 0
+        self.sender: int | None = None  # a fixed sending member (index), else alternating
 
     def pool(self) -> HttpPool:
         return self.pools[next(self._rr) % len(self.pools)]
@@ -717,14 +719,30 @@ class LoadGen:
         return made
 
     async def open_socket(
-        self, endpoint: Endpoint, cookie: str, group: int, subscribe: dict[str, Any] | None
+        self,
+        endpoint: Endpoint,
+        cookie: str,
+        group: int,
+        subscribe: dict[str, Any] | None,
+        *,
+        rcvbuf: int | None = None,
     ) -> WSConn:
+        """A connected, acknowledged socket; rcvbuf caps its kernel receive buffer."""
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(
-            lambda: WSConn(self.tracker, endpoint.hostport, cookie, group),
-            endpoint.host,
-            endpoint.port,
-        )
+        if rcvbuf:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, (endpoint.host, endpoint.port))
+            _, conn = await loop.create_connection(
+                lambda: WSConn(self.tracker, endpoint.hostport, cookie, group), sock=sock
+            )
+        else:
+            _, conn = await loop.create_connection(
+                lambda: WSConn(self.tracker, endpoint.hostport, cookie, group),
+                endpoint.host,
+                endpoint.port,
+            )
         await asyncio.wait_for(conn.handshake, 30)
         conn.send_json({"type": "connection_init", "payload": {}})
         await asyncio.wait_for(conn.ack, 30)
@@ -740,8 +758,10 @@ class LoadGen:
         inbox: bool = False,
         concurrency: int = 64,
         progress: Callable[[int], None] | None = None,
+        member_devices: list[int] | None = None,
     ) -> float:
-        """Open devices_per_member sockets per member of each room, each subscribed; seconds."""
+        """Open devices_per_member sockets per member of each room (or member_devices[i] for
+        member i), each subscribed; returns the seconds it took."""
         semaphore = asyncio.Semaphore(concurrency)
         started = perf()
         done = 0
@@ -749,8 +769,13 @@ class LoadGen:
         for room_index, room in enumerate(self.rooms):
             if room not in rooms:
                 continue
-            for _member, cookie in room.members:
-                for _device in range(devices_per_member):
+            for member_index, (_member, cookie) in enumerate(room.members):
+                devices = (
+                    member_devices[member_index]
+                    if member_devices is not None
+                    else devices_per_member
+                )
+                for _device in range(devices):
                     jobs.append((room_index, room, cookie))
 
         async def one(i: int, room_index: int, room: Room, cookie: str) -> None:
@@ -781,6 +806,7 @@ class LoadGen:
         batch_sockets: int = 200,
         concurrency: int = 50,
         progress: Callable[[int], None] | None = None,
+        member_devices: list[int] | None = None,
     ) -> tuple[float, float, int]:
         """Connect rooms batch by batch, warming each batch up before the next.
 
@@ -789,14 +815,20 @@ class LoadGen:
         connection_ack), so a batch is complete only once each of its sockets has received a
         message. Returns (connect seconds, warm-up seconds, warm-up messages).
         """
-        per_room = max(1, 2 * devices_per_member)
+        per_room = max(
+            1, sum(member_devices) if member_devices is not None else 2 * devices_per_member
+        )
         step = max(1, batch_sockets // per_room)
         connect_s = warm_s = 0.0
         warm_messages = 0
         for start in range(0, len(rooms), step):
             batch = rooms[start : start + step]
             connect_s += await self.connect_rooms(
-                batch, devices_per_member, inbox=inbox, concurrency=concurrency
+                batch,
+                devices_per_member,
+                inbox=inbox,
+                concurrency=concurrency,
+                member_devices=member_devices,
             )
             t0 = perf()
             warm_messages += await self.warm_up(batch)
@@ -806,6 +838,8 @@ class LoadGen:
         return connect_s, warm_s, warm_messages
 
     def _send(self, room: Room, data: str, sender: int, on_done: Any) -> None:
+        if self.sender is not None:
+            sender = self.sender
         _name, cookie = room.members[sender % len(room.members)]
         variables: dict[str, Any] = {"roomId": room.id, "data": data}
         if self.client_ids:

@@ -1,6 +1,7 @@
 """Run the benchmarks against servers this command starts itself; print a table, write JSON.
 
     .venv/bin/python -m bench.run --stack pg --scenario all
+    .venv/bin/python -m bench.run --stack pg --scenario peer          # ours / yoga / relay
     .venv/bin/python -m bench.run --stack sqlite --scenario fanout,relay --quick
 
 See bench/README.md for what each scenario does and how to read the results.
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
@@ -24,10 +24,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import SCENARIOS, Config, Context, median
+from bench import compare, gcstats
+from bench.scenarios import SCENARIOS as BASE_SCENARIOS
+from bench.scenarios import Config, Context, median
 from bench.stack import ROOT, STACKS, Stack
 
-ALL = ["fanout", "relay", "large", "sending", "history", "idle", "twoinstances"]
+SCENARIOS = {**BASE_SCENARIOS, **compare.SCENARIOS}
+BASE = ["fanout", "relay", "large", "sending", "history", "idle", "twoinstances"]
+PEER = compare.GROUPS["peer"]
+ALL = [*BASE, *PEER, "stalled"]
+GROUPS = {"all": ALL, **compare.GROUPS}
+
+
+def _labels(text: str) -> list[str]:
+    labels = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [label for label in labels if label not in compare.STACK_LABELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stack(s) {unknown}; {compare.STACK_LABELS}")
+    return labels
 
 
 def _ints(text: str) -> list[int]:
@@ -42,9 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--stack", choices=STACKS, default="sqlite")
     parser.add_argument(
-        "--scenario", default="all", help=f"all, or a comma-separated list of {','.join(ALL)}"
+        "--scenario",
+        default="all",
+        help=f"comma-separated scenarios ({','.join(ALL)}) or groups: all, "
+        f"peer (= {','.join(PEER)})",
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: a 1-2 minute smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="short steps: a smoke run (peer: about 4 min)"
+    )
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
@@ -69,6 +88,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="py-spy the servers during each sweep (pip install py-spy)",
+    )
+    peer = parser.add_argument_group("the yoga peer (peer10x10, peer1x500, sending1, stalled)")
+    peer.add_argument(
+        "--shared-dir",
+        type=Path,
+        help="the shared folder holding peers/yoga and design/ (default <repo>/../shared)",
+    )
+    peer.add_argument(
+        "--yoga-dir",
+        type=Path,
+        help="an installed copy of the peer to use as is (default: copy + npm ci into "
+        "bench/.cache once)",
+    )
+    peer.add_argument(
+        "--peer-stacks",
+        type=_labels,
+        help="which of ours,yoga,relay the side-by-side scenarios run (default all three)",
     )
     group = parser.add_argument_group("sizes and durations (defaults: full run; --quick: small)")
     group.add_argument("--step-seconds", type=float, help="each sweep step's sending time")
@@ -101,6 +137,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--history-requests", type=int, help="requests per depth")
     group.add_argument("--sending-rooms", type=int)
     group.add_argument("--sending-rates", type=_ints, help="messages/s per step")
+    group.add_argument(
+        "--peer-warm-seconds", type=float, help="unmeasured load before each stack's steps (3)"
+    )
+    group.add_argument("--peer-rate", type=float, help="peer10x10: msgs/s (default 200)")
+    group.add_argument("--peer-seconds", type=float, help="peer10x10: the fixed step (15)")
+    group.add_argument("--peer-sweep-rates", type=_ints, help="peer10x10 sweep: msgs/s per step")
+    group.add_argument("--peer-sweep-seconds", type=float, help="peer10x10 sweep: step (8)")
+    group.add_argument("--peer-large-sockets", type=int, help="peer1x500: sockets (500)")
+    group.add_argument("--peer-large-rate", type=float, help="peer1x500: msgs/s (20)")
+    group.add_argument("--peer-large-seconds", type=float, help="peer1x500: seconds (15)")
+    group.add_argument("--sending1-rooms", type=int, help="sending1: rooms (100)")
+    group.add_argument("--sending1-rates", type=_ints, help="sending1: msgs/s per step")
+    group.add_argument("--sending1-seconds", type=float, help="sending1: step (8)")
+    group.add_argument(
+        "--sending1-stacks", type=_labels, help="sending1: stacks (ours,yoga,relay; quick: 2)"
+    )
+    group.add_argument("--stalled-messages", type=int, help="stalled: stored messages (20,000)")
+    group.add_argument("--stalled-subscriptions", type=int, help="stalled: subscriptions (50)")
+    group.add_argument("--stalled-rate", type=float, help="stalled: msgs/s while stalled (50)")
+    group.add_argument("--stalled-seconds", type=float, help="stalled: seconds of sending (20)")
     return parser.parse_args(argv)
 
 
@@ -124,6 +180,23 @@ def build_config(args: argparse.Namespace) -> Config:
         "sending_rooms",
         "sending_rates",
         "instances",
+        "peer_stacks",
+        "peer_warm_seconds",
+        "peer_rate",
+        "peer_seconds",
+        "peer_sweep_rates",
+        "peer_sweep_seconds",
+        "peer_large_sockets",
+        "peer_large_rate",
+        "peer_large_seconds",
+        "sending1_rooms",
+        "sending1_rates",
+        "sending1_seconds",
+        "sending1_stacks",
+        "stalled_messages",
+        "stalled_subscriptions",
+        "stalled_rate",
+        "stalled_seconds",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -181,7 +254,17 @@ def _meta(args: argparse.Namespace, config: Config, stack: Stack) -> dict[str, A
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "nice": args.nice,
         "argv": sys.argv[1:],
+        "node": _node_version(),
     }
+
+
+def _node_version() -> str:
+    try:
+        return subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, check=False, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,8 +385,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "idle",
             f"resident memory per socket ({idle['sockets']:,} sockets, KB)",
             idle["rss_per_socket_kb"],
-            "< 100 KB (< 1 GB total)",
-            idle["rss_per_socket_kb"] < 100 and idle["rss_end_mb"] < 1024,
+            "",
+            None,
+        )
+        add(
+            "idle",
+            f"server resident memory with {idle['sockets']:,} idle sockets (MB)",
+            idle["rss_end_mb"],
+            "<= 500 (10,000 sockets)",
+            idle["rss_end_mb"] <= 500,
         )
         add(
             "idle",
@@ -320,8 +410,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "history",
             f"page p99 at {history['messages']:,} messages (ms, worst depth)",
             worst,
-            "<= 10",
-            worst <= 10,
+            "<= 5",
+            worst <= 5,
         )
         add(
             "history",
@@ -362,8 +452,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "twoinstances",
             "two instances / one (highest passing deliveries/s)",
             two["ratio_best_passing"],
-            ">= 1.6",
-            two["ratio_best_passing"] is not None and two["ratio_best_passing"] >= 1.6,
+            ">= 1.8",
+            two["ratio_best_passing"] is not None and two["ratio_best_passing"] >= 1.8,
         )
         add(
             "twoinstances",
@@ -372,6 +462,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "",
             None,
         )
+    compare.targets(results, add)
     return rows
 
 
@@ -382,8 +473,8 @@ def _sweep_table(title: str, result: dict[str, Any], latency: str = "delivery_ms
         "per room)\n",
         "| deliv/s offered | msgs/s | delivered | p50 ms | p99 ms | p99 last recip. | send p99 ms "
         "| lost | dup | ooo | errors | server CPU % | us/delivery | db+broker CPU % | gen CPU % "
-        "| other CPU % | pass |",
-        "|" + "---:|" * 16 + "---|",
+        "| other CPU % | GC max ms / >20 ms | pass |",
+        "|" + "---:|" * 17 + "---|",
     ]
     for s in result["steps"]:
         lines.append(
@@ -394,6 +485,7 @@ def _sweep_table(title: str, result: dict[str, Any], latency: str = "delivery_ms
             f"{s['errors'] + s['send_errors']} | {_fmt(s['cpu']['server_cpu_pct'], 0)} | "
             f"{_fmt(s['server_cpu_us_per_delivery'])} | {_fmt(s['cpu']['infra_cpu_pct'], 0)} | "
             f"{_fmt(s['cpu']['generator_cpu_pct'], 0)} | {_fmt(s['cpu']['other_cpu_pct'], 0)} | "
+            f"{gcstats.describe(s.get('gc'))} | "
             f"{'yes' if s['pass'] else 'no: ' + s['fail_reason']} |"
         )
     return lines
@@ -421,6 +513,7 @@ def render(report: dict[str, Any]) -> str:
     for name, result in results.items():
         if "error" in result:
             lines.append(f"\n### {name}: ERROR\n\n```\n{result['error']}\n```")
+    lines += compare.render(results)
     for name in ("fanout", "relay", "sending"):
         if results.get(name, {}).get("steps"):
             lines += _sweep_table(name, results[name])
@@ -489,11 +582,15 @@ def render(report: dict[str, Any]) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     config = build_config(args)
-    names = ALL if args.scenario == "all" else [s.strip() for s in args.scenario.split(",")]
+    names: list[str] = []
+    for part in (p.strip() for p in args.scenario.split(",") if p.strip()):
+        for name in GROUPS.get(part, [part]):
+            if name not in names:
+                names.append(name)
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {ALL}")
-    if args.scenario == "all" and args.stack != "pg-redis":
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {ALL} or {list(GROUPS)}")
+    if "all" in args.scenario.split(",") and args.stack != "pg-redis":
         names = [name for name in names if name != "twoinstances"]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or ROOT / "bench" / "results" / f"{stamp}-{args.stack}.json"
@@ -507,6 +604,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workdir=out_dir,
         keep_db=args.keep_db,
         nice=args.nice,
+        shared_dir=args.shared_dir,
+        yoga_dir=args.yoga_dir,
     )
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
@@ -534,11 +633,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 result = {"error": f"{error!r}\n{traceback.format_exc()}\n{logs}"}
                 print(f"  ERROR: {error!r}\n{logs}", flush=True)
             finally:
-                # Server logs are kept next to the JSON for a post-mortem.
-                for server in stack.servers:
-                    with contextlib.suppress(OSError):
-                        (out_dir / server.log_path.name).write_bytes(server.log_path.read_bytes())
-                await stack.stop_all()
+                await stack.stop_all()  # keeps their logs next to the JSON
             result["wall_s"] = round(time.monotonic() - t0, 1)
             result["code"] = code
             report["scenarios"][name] = result
@@ -547,6 +642,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await stack.teardown()
     report["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    if stack.yoga is not None or stack.yoga_unavailable:
+        report["meta"]["yoga"] = {
+            "directory": str(stack.yoga.directory) if stack.yoga is not None else None,
+            "database": stack.yoga_db,
+            "unavailable": stack.yoga_unavailable,
+        }
     report["targets"] = targets(report["scenarios"])
     out.write_text(json.dumps(report, indent=1, default=str))
     print()

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import seed
+from bench import gcstats, seed
 from bench.loadgen import LoadGen, Room, StepStats, summarize_ms
 from bench.procs import CpuMeter, rss_bytes
 from bench.profile import Profiler, format_summary
@@ -66,6 +66,30 @@ class Config:
     sending_rates: list[int] = field(
         default_factory=lambda: [25, 50, 100, 150, 200, 300, 500, 750, 1000, 1250, 1500]
     )
+    # side by side with the yoga peer and the relay (bench/compare.py)
+    peer_stacks: list[str] = field(default_factory=lambda: ["ours", "yoga", "relay"])
+    peer_warm_seconds: float = 3.0  # unmeasured load before a stack's first measured step
+    peer_rooms: int = 10
+    peer_devices: int = 5
+    peer_rate: float = 200.0  # msgs/s (x 10 sockets per room = deliveries/s)
+    peer_seconds: float = 15.0
+    peer_sweep_rates: list[int] = field(
+        default_factory=lambda: [100, 200, 300, 400, 600, 800, 1000]
+    )
+    peer_sweep_seconds: float = 8.0
+    peer_large_sockets: int = 500
+    peer_large_rate: float = 20.0
+    peer_large_seconds: float = 15.0
+    sending1_rooms: int = 100
+    sending1_rates: list[int] = field(default_factory=lambda: [250, 500, 750, 1000, 1250, 1500])
+    sending1_seconds: float = 8.0
+    sending1_stacks: list[str] = field(default_factory=lambda: ["ours", "yoga", "relay"])
+    stalled_messages: int = 20_000
+    stalled_subscriptions: int = 50
+    stalled_rate: float = 50.0
+    stalled_seconds: float = 20.0
+    stalled_warm_seconds: float = 5.0
+    stalled_rcvbuf: int = 65536
     profile: bool = False
 
     @classmethod
@@ -86,6 +110,16 @@ class Config:
             history_requests=30,
             sending_rooms=20,
             sending_rates=[20, 50],
+            peer_warm_seconds=2.0,
+            peer_seconds=5.0,
+            peer_sweep_rates=[200, 400, 800],
+            peer_sweep_seconds=4.0,
+            peer_large_seconds=5.0,
+            sending1_rates=[250, 500, 1000],
+            sending1_seconds=4.0,
+            sending1_stacks=["ours", "yoga"],
+            stalled_seconds=8.0,
+            stalled_warm_seconds=3.0,
         )
 
 
@@ -116,9 +150,15 @@ def _rss(servers: list[Server]) -> int:
 
 
 async def _topology(
-    ctx: Context, lg: LoadGen, rooms: int, devices: int, tag: str
+    ctx: Context,
+    lg: LoadGen,
+    rooms: int,
+    devices: int,
+    tag: str,
+    member_devices: list[int] | None = None,
 ) -> tuple[list[Room], dict[str, float]]:
-    """Sign up 2 users per room, open their direct rooms, connect and warm up every socket."""
+    """Sign up 2 users per room, open their direct rooms, connect and warm up every socket
+    (`devices` per member, or member_devices[i] for member i)."""
     timings: dict[str, float] = {}
     prefix = ctx.prefix(tag)
     pairs = [(f"{prefix}a{i}", f"{prefix}b{i}") for i in range(rooms)]
@@ -128,12 +168,13 @@ async def _topology(
     started = perf()
     made = await lg.make_direct_rooms(pairs, cookies)
     timings["rooms_s"] = round(perf() - started, 2)
-    sockets = rooms * 2 * devices
+    sockets = rooms * (sum(member_devices) if member_devices is not None else 2 * devices)
     connect_s, warm_s, warm_messages = await lg.connect_and_warm(
         made,
         devices,
         inbox=ctx.config.inbox,
         progress=lambda n: ctx.log(f"    {n}/{sockets} sockets") if n % 1000 < 250 else None,
+        member_devices=member_devices,
     )
     timings["connect_s"] = round(connect_s, 2)
     timings["warm_up_s"] = round(warm_s, 2)
@@ -177,6 +218,23 @@ def sending_criteria(p99_ms: float) -> Criteria:
     return check
 
 
+async def gc_snapshots(servers: list[Server]) -> list[dict[str, Any] | None]:
+    """Each app server's GC pause file, written now or later (bench/gcstats.py)."""
+    now = time.time()
+    return [
+        await gcstats.snapshot(server.gc_path, now) if server.gc_path else None
+        for server in servers
+    ]
+
+
+def gc_window(
+    servers: list[Server], before: list[dict[str, Any] | None], after: list[dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    if not any(server.gc_path for server in servers):
+        return None
+    return gcstats.combine([gcstats.window(b, a) for b, a in zip(before, after, strict=True)])
+
+
 async def _step(
     ctx: Context,
     lg: LoadGen,
@@ -184,8 +242,10 @@ async def _step(
     rooms: list[Room],
     msgs_per_s: float,
     seconds: float,
+    servers: list[Server] | None = None,
 ) -> dict[str, Any]:
     tracker = lg.tracker
+    gc_before = await gc_snapshots(servers or [])
     tracker.begin_step()
     before = meter.snapshot()
     started = perf()
@@ -195,6 +255,7 @@ async def _step(
     after = meter.snapshot()
     stats: StepStats = tracker.end_step()
     cpu = CpuMeter.delta(before, after)
+    gc_after = await gc_snapshots(servers or [])
     last_delivery = max(
         (tracker.last_at[k] for k in range(tracker.k_floor, len(tracker.sent_at))), default=0.0
     )
@@ -218,6 +279,10 @@ async def _step(
         "server_cpu_us_per_message": (
             round(1e6 * cpu["server_cpu_s"] / stats.sent, 1) if stats.sent else None
         ),
+        "infra_cpu_us_per_message": (
+            round(1e6 * cpu["infra_cpu_s"] / stats.sent, 1) if stats.sent else None
+        ),
+        "gc": gc_window(servers or [], gc_before, gc_after),
         "http_connections": sum(pool.peak_open for pool in lg.pools),
         "http_retries": sum(pool.retries for pool in lg.pools),
         "timeline": timeline,
@@ -253,8 +318,32 @@ def _step_line(step: dict[str, Any]) -> str:
         f"{step['cpu']['server_cpu_pct']:.0f}% = {step['server_cpu_us_per_delivery']} us/deliv, "
         f"db/broker {step['cpu']['infra_cpu_pct']:.0f}%, "
         f"gen {step['cpu']['generator_cpu_pct']:.0f}%, other {step['cpu']['other_cpu_pct']:.0f}%"
-        f" -> {'PASS' if step['pass'] else 'fail: ' + step['fail_reason']}"
+        + (f", GC max/>20ms {gcstats.describe(step['gc'])}" if step.get("gc") else "")
+        + f" -> {'PASS' if step['pass'] else 'fail: ' + step['fail_reason']}"
     )
+
+
+def hopeless(step: dict[str, Any], servers: int) -> bool:
+    """More load cannot pass: things were lost or left undrained, the server is saturated or
+    fell behind. (A step that failed on latency alone, e.g. a GC pause on an idle server, is not
+    hopeless: the CPU cost curve goes on to saturation.)"""
+    saturated = step["cpu"]["server_cpu_pct"] >= 85 * servers
+    behind = step["delivered_per_s"] < 0.9 * step["offered_deliveries_per_s"]
+    return bool(not step["drained"] or step["lost"] or saturated or behind)
+
+
+def best_step(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    passing = [step for step in steps if step["pass"]]
+    best = max(passing, key=lambda s: s["offered_deliveries_per_s"]) if passing else None
+    return best and {
+        "msgs_per_s": best["msgs_per_s"],
+        "deliveries_per_s": best["offered_deliveries_per_s"],
+        "p50_ms": best["delivery_ms"]["p50"],
+        "p99_ms": best["delivery_ms"]["p99"],
+        "server_cpu_us_per_delivery": best["server_cpu_us_per_delivery"],
+        "server_cpu_us_per_message": best["server_cpu_us_per_message"],
+        "response_p99_ms": best["response_ms"]["p99"],
+    }
 
 
 async def sweep(
@@ -302,27 +391,15 @@ async def sweep(
             )
             if not profiler.start():
                 profiler = None
-        failures = 0
         for rate in msg_rates:
-            step = await _step(ctx, lg, meter, made, rate, seconds)
+            step = await _step(ctx, lg, meter, made, rate, seconds, servers)
             ok, reason = criteria(step)
             step["pass"] = ok
             step["fail_reason"] = reason
             result["steps"].append(step)
             ctx.log(_step_line(step))
-            if not ok:
-                failures += 1
-                # Stop once more load cannot pass: things were lost or left undrained, the
-                # server is saturated or fell behind. A step that failed on latency alone (e.g.
-                # a GC pause on an idle server) does not stop the sweep: the CPU cost curve
-                # goes on to saturation.
-                saturated = step["cpu"]["server_cpu_pct"] >= 85 * len(servers)
-                behind = step["delivered_per_s"] < 0.9 * step["offered_deliveries_per_s"]
-                hopeless = not step["drained"] or step["lost"] or saturated or behind
-                if stop_on_fail and hopeless:
-                    break
-            else:
-                failures = 0
+            if not ok and stop_on_fail and hopeless(step, len(servers)):
+                break
             await asyncio.sleep(1.0)
         result["rss_end_mb"] = round(_rss(servers) / 2**20, 1)
     finally:
@@ -334,17 +411,7 @@ async def sweep(
                 ctx.log(format_summary(summary))
         lg.close()
         result["error_samples"] = lg.tracker.error_samples[:10]
-    passing = [step for step in result["steps"] if step["pass"]]
-    best = max(passing, key=lambda s: s["offered_deliveries_per_s"]) if passing else None
-    result["best"] = best and {
-        "msgs_per_s": best["msgs_per_s"],
-        "deliveries_per_s": best["offered_deliveries_per_s"],
-        "p50_ms": best["delivery_ms"]["p50"],
-        "p99_ms": best["delivery_ms"]["p99"],
-        "server_cpu_us_per_delivery": best["server_cpu_us_per_delivery"],
-        "server_cpu_us_per_message": best["server_cpu_us_per_message"],
-        "response_p99_ms": best["response_ms"]["p99"],
-    }
+    result["best"] = best_step(result["steps"])
     result["max_delivered_per_s"] = max(
         (step["delivered_per_s"] for step in result["steps"]), default=0
     )
@@ -630,6 +697,7 @@ async def history(ctx: Context) -> dict[str, Any]:
             first_seq=2,
             count=c.history_messages - 1,
             message_bytes=c.message_bytes,
+            log=ctx.log,
         )
         result["seed_s"] = round(perf() - started, 1)
         ctx.log(f"    seeded {c.history_messages} messages in {result['seed_s']} s")

@@ -1,6 +1,9 @@
 """Bulk-loading history straight into the app's `messages` table, and the SQL of a history page.
 
-PostgreSQL: COPY (asyncpg copy_records_to_table), then rooms.last_seq and VACUUM ANALYZE.
+PostgreSQL: COPY (asyncpg copy_records_to_table) in chunks of 500,000 rows; from 500,000 rows on,
+the table's indexes are dropped first and rebuilt after; then rooms.last_seq and VACUUM ANALYZE.
+`bulk_load_messages` is the one place that knows the app's message table. The yoga peer's schema
+has its own loader (`bulk_load_yoga_messages`).
 SQLite: executemany in large transactions; ids, timestamps and uuids are stored in the formats
 of a row the app itself wrote (the room's first message, sent through the API).
 """
@@ -8,6 +11,7 @@ of a row the app itself wrote (the room's first message, sent through the API).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -33,58 +37,209 @@ async def seed_messages(
     first_seq: int,
     count: int,
     message_bytes: int = 100,
+    log: Any = None,
 ) -> None:
-    last_seq = first_seq + count - 1
+    """Bulk-load `count` messages (seq first_seq, first_seq + 1, ...) into the app's tables."""
     if stack.is_sqlite:
         await asyncio.to_thread(
             _seed_sqlite, str(stack.sqlite_path), room_id, first_seq, count, message_bytes
         )
         return
+    await bulk_load_messages(
+        stack.asyncpg_dsn,
+        room_id=room_id,
+        sender_ids=sender_ids,
+        first_seq=first_seq,
+        count=count,
+        message_bytes=message_bytes,
+        log=log,
+    )
+
+
+async def bulk_load_messages(
+    dsn: str,
+    *,
+    room_id: str,
+    sender_ids: list[str],
+    first_seq: int,
+    count: int,
+    message_bytes: int = 100,
+    log: Any = None,
+) -> None:
+    """The app's PostgreSQL schema: rows for `messages`, then `rooms.last_seq`.
+
+    Everything that knows the app's message table is in this function (and `_records`): adapt
+    it when the schema changes. The rest is generic: COPY in chunks, with the table's indexes
+    and unique/primary constraints dropped first and rebuilt after for big loads, and foreign-key
+    triggers skipped (the room and the senders exist).
+    """
     import asyncpg
 
     room = uuid.UUID(room_id)
     senders = [uuid.UUID(value) for value in sender_ids]
     base = datetime.now(UTC)
-    conn = await asyncpg.connect(stack.asyncpg_dsn)
+    last_seq = first_seq + count - 1
+    columns = ["room_id", "seq", "sender_id", "type", "data", "client_message_id", "created_at"]
+
+    def rows(start: int, stop: int) -> Any:
+        for seq in range(start, stop):
+            yield (
+                room,
+                seq,
+                senders[seq % 2],
+                "text",
+                _data(seq, message_bytes),
+                None,
+                base + timedelta(microseconds=seq),
+            )
+
+    conn = await asyncpg.connect(dsn)
     try:
-
-        def records() -> Any:
-            for seq in range(first_seq, last_seq + 1):
-                yield (
-                    room,
-                    seq,
-                    senders[seq % 2],
-                    "text",
-                    _data(seq, message_bytes),
-                    None,
-                    base + timedelta(microseconds=seq),
-                )
-
-        await conn.copy_records_to_table(
-            "messages",
-            records=records(),
-            columns=[
-                "room_id",
-                "seq",
-                "sender_id",
-                "type",
-                "data",
-                "client_message_id",
-                "created_at",
-            ],
-        )
+        await copy_in_chunks(conn, "messages", columns, rows, first_seq, last_seq, log=log)
         await conn.execute(
             "UPDATE rooms SET last_seq = $1, last_activity_at = $2 WHERE id = $3",
             last_seq,
             base + timedelta(microseconds=last_seq),
             room,
         )
-        await conn.execute("VACUUM ANALYZE messages")
         await conn.execute("ANALYZE rooms")
         await conn.execute("ANALYZE room_members")
         await conn.execute("ANALYZE users")
     finally:
         await conn.close()
+
+
+async def bulk_load_yoga_messages(
+    dsn: str,
+    *,
+    room_id: str,
+    sender_ids: list[str],
+    first_seq: int,
+    count: int,
+    message_bytes: int = 100,
+    log: Any = None,
+) -> None:
+    """The yoga peer's schema (its server.mjs): `messages`, then `rooms.last_seq`."""
+    import asyncpg
+
+    room = uuid.UUID(room_id)
+    senders = [uuid.UUID(value) for value in sender_ids]
+    base = datetime.now(UTC)
+    last_seq = first_seq + count - 1
+    columns = ["room_id", "seq", "sender_id", "type", "data", "client_message_id", "created_at"]
+
+    def rows(start: int, stop: int) -> Any:
+        for seq in range(start, stop):
+            yield (
+                room,
+                seq,
+                senders[seq % 2],
+                "text",
+                _data(seq, message_bytes),
+                None,
+                base + timedelta(microseconds=seq),
+            )
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await copy_in_chunks(conn, "messages", columns, rows, first_seq, last_seq, log=log)
+        await conn.execute(
+            "UPDATE rooms SET last_seq = $1, last_message_at = $2 WHERE id = $3",
+            last_seq,
+            base + timedelta(microseconds=last_seq),
+            room,
+        )
+        await conn.execute("ANALYZE rooms")
+    finally:
+        await conn.close()
+
+
+REBUILD_FROM = 500_000  # rows: from here on, drop indexes first and rebuild them after
+
+
+async def copy_in_chunks(
+    conn: Any,
+    table: str,
+    columns: list[str],
+    rows: Any,
+    first: int,
+    last: int,
+    *,
+    chunk: int = 500_000,
+    log: Any = None,
+) -> None:
+    """COPY rows(start, stop) for first..last in chunks, then VACUUM ANALYZE the table.
+
+    For big loads the table's indexes and primary/unique constraints (those no foreign key
+    depends on) are dropped first and rebuilt after: one sort per index instead of millions of
+    inserts. Foreign-key triggers are skipped (session_replication_role = replica) when the role
+    may do so.
+    """
+    count = last - first + 1
+    rebuild: list[str] = []
+    if count >= REBUILD_FROM:
+        rebuild = await _drop_indexes(conn, table)
+    # Not a superuser: foreign keys are checked, which is slower.
+    with contextlib.suppress(Exception):
+        await conn.execute("SET session_replication_role = replica")
+    started = time.perf_counter()
+    done = 0
+    try:
+        for start in range(first, last + 1, chunk):
+            stop = min(last + 1, start + chunk)
+            await conn.copy_records_to_table(table, records=rows(start, stop), columns=columns)
+            done += stop - start
+            if log and count >= 2 * chunk:
+                log(f"      {done:,}/{count:,} rows ({time.perf_counter() - started:.0f} s)")
+    finally:
+        await conn.execute("RESET session_replication_role")
+        if rebuild:
+            t0 = time.perf_counter()
+            await conn.execute("SET maintenance_work_mem = '512MB'")
+            for statement in rebuild:
+                await conn.execute(statement)
+            await conn.execute("RESET maintenance_work_mem")
+            if log:
+                log(f"      {len(rebuild)} indexes rebuilt in {time.perf_counter() - t0:.0f} s")
+    t0 = time.perf_counter()
+    await conn.execute(f'VACUUM ANALYZE "{table}"')
+    if log and count >= 2 * chunk:
+        log(f"      VACUUM ANALYZE {time.perf_counter() - t0:.0f} s")
+
+
+async def _drop_indexes(conn: Any, table: str) -> list[str]:
+    """Drop the table's indexes (and the constraints they back) that nothing else depends on;
+    returns the statements that recreate them."""
+    constraints = await conn.fetch(
+        """
+        SELECT c.conname, pg_get_constraintdef(c.oid) AS definition, c.conindid
+        FROM pg_constraint c
+        WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u')
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f'
+                          AND f.conindid = c.conindid)
+        """,
+        table,
+    )
+    backing = {row["conindid"] for row in constraints}
+    plain = await conn.fetch(
+        """
+        SELECT i.indexrelid, c.relname, pg_get_indexdef(i.indexrelid) AS definition
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = $1::regclass
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+        """,
+        table,
+    )
+    recreate = [
+        f'ALTER TABLE "{table}" ADD CONSTRAINT "{row["conname"]}" {row["definition"]}'
+        for row in constraints
+    ] + [row["definition"] for row in plain if row["indexrelid"] not in backing]
+    async with conn.transaction():
+        for row in plain:
+            await conn.execute(f'DROP INDEX "{row["relname"]}"')
+        for row in constraints:
+            await conn.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT "{row["conname"]}"')
+    return recreate
 
 
 def _seed_sqlite(path: str, room_id: str, first_seq: int, count: int, size: int) -> None:

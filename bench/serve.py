@@ -7,6 +7,10 @@
 process, so /proc readings of this pid are the server's; `relay` runs the bare WebSocket relay
 (bench/relay.py) under the same uvicorn options.
 
+Measured in the server process (app only):
+  BENCH_GC_PAUSES=<path>       every garbage collection's pause, in a histogram per generation,
+                               written to <path> as JSON every 0.5 s and at exit (bench/gcstats.py)
+
 Bench-only experiments on the server process (production code is untouched; they show what a
 proposed change would buy):
   BENCH_GC_LOG=<ms>            log each garbage collection that takes longer than <ms> (stderr)
@@ -76,6 +80,9 @@ def main() -> None:
     if nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     mode = sys.argv[1]
+    from bench.gcstats import install_from_env
+
+    install_from_env()
     gc_log = float(os.environ.pop("BENCH_GC_LOG", "0") or 0)
     if gc_log:
         install_gc_log(gc_log)

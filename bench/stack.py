@@ -3,7 +3,9 @@
 Stacks: sqlite (a temp file, memory:// pub/sub), pg (a fresh `bench_<random>` database,
 memory://), pg-redis (the same with redis:// pub/sub and, by default, two server processes).
 Migrations are applied with `chat-backend migrate`; servers are `chat-backend serve` (through
-bench/serve.py, which raises the open-files limit and then exec()s, so the pid is the server's).
+bench/serve.py, which raises the open-files limit and runs it in-process, so the pid is the
+server's). Servers of kind "relay" are bench/relay.py; kind "yoga" is the Node peer (bench/peer.py)
+on a database of its own, on every stack (it needs PostgreSQL at --pg-url).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from urllib.parse import urlparse, urlunparse
 from bench.loadgen import Endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 STACKS = ("sqlite", "pg", "pg-redis")
 
@@ -46,11 +47,13 @@ def _with_database(url: str, database: str) -> str:
 
 @dataclass
 class Server:
-    kind: str  # "app" or "relay"
+    kind: str  # "app", "relay" or "yoga"
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] = field(repr=False, default_factory=dict)
+    health_path: str = "/healthz"
+    gc_path: Path | None = None  # app only: its GC pauses (bench/gcstats.py)
 
     @property
     def pid(self) -> int:
@@ -75,7 +78,8 @@ class Server:
                 )
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                request = f"GET {self.health_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                writer.write(request.encode())
                 await writer.drain()
                 head = await asyncio.wait_for(reader.read(64), 5)
                 writer.close()
@@ -115,6 +119,8 @@ class Stack:
         workdir: Path,
         keep_db: bool = False,
         nice: int = 0,
+        shared_dir: Path | None = None,
+        yoga_dir: Path | None = None,
     ) -> None:
         if name not in STACKS:
             raise ValueError(f"unknown stack {name!r}; one of {STACKS}")
@@ -129,7 +135,14 @@ class Stack:
         self.sqlite_path: Path | None = None
         self.secret = secrets.token_urlsafe(48)
         self.servers: list[Server] = []
+        self.meters: list[Any] = []
         self._tmp: str | None = None
+        # The yoga peer: located/installed at its first start; its own database.
+        self.shared_dir = shared_dir
+        self.yoga_dir = yoga_dir
+        self.yoga: Any = None
+        self.yoga_unavailable = ""
+        self.yoga_db = ""
 
     @property
     def is_sqlite(self) -> bool:
@@ -149,14 +162,15 @@ class Stack:
         """Only this run's PostgreSQL backends (others' tests may share the server)."""
         return {"postgres": f" {self.db_name} "} if self.db_name else {}
 
-    def renice_database(self) -> int:
+    def renice_database(self, kind: str = "app") -> int:
         """Give this run's PostgreSQL backends the bench priority (those open now)."""
-        if not self.nice or not self.db_name:
+        narrow = self.database_filter(kind)
+        if not self.nice or not narrow:
             return 0
         from bench.procs import pids_named
 
         count = 0
-        for pid in pids_named("postgres", cmdline_contains=self.infra_filter):
+        for pid in pids_named("postgres", cmdline_contains=narrow):
             try:
                 os.setpriority(os.PRIO_PROCESS, pid, self.nice)
                 count += 1
@@ -165,9 +179,22 @@ class Stack:
         return count
 
     def meter(self, servers: list[Server]) -> Any:
+        """CPU of these servers and of what they use: their own database's backends (and
+        redis-server on pg-redis); nothing for the relay."""
         from bench.procs import CpuMeter
 
-        return CpuMeter([s.pid for s in servers], self.infra_process_names, self.infra_filter)
+        kind = servers[0].kind if servers else "app"
+        if kind == "relay":
+            meter = CpuMeter([s.pid for s in servers])
+        elif kind == "yoga":
+            names: tuple[str, ...] = ("postgres",)
+            if self.name == "pg-redis":
+                names += ("redis-server",)
+            meter = CpuMeter([s.pid for s in servers], names, {"postgres": f" {self.yoga_db} "})
+        else:
+            meter = CpuMeter([s.pid for s in servers], self.infra_process_names, self.infra_filter)
+        self.meters.append(meter)  # closed (its polling thread) by stop_all
+        return meter
 
     @property
     def infra_process_names(self) -> tuple[str, ...]:
@@ -176,6 +203,64 @@ class Stack:
         if self.name == "pg":
             return ("postgres",)
         return ("postgres", "redis-server")
+
+    def database_filter(self, kind: str) -> dict[str, str]:
+        """Process-title filter of the PostgreSQL backends serving servers of this kind."""
+        if kind == "yoga":
+            return {"postgres": f" {self.yoga_db} "} if self.yoga_db else {}
+        return self.infra_filter if kind == "app" else {}
+
+    @property
+    def yoga_dsn(self) -> str:
+        return _with_database(self.pg_admin_url.replace("+asyncpg", ""), self.yoga_db)
+
+    async def ensure_yoga(self) -> Any:
+        """Locate (and on first use install) the peer, and create its database; raises
+        PeerUnavailable with the reason when it cannot run here."""
+        from bench.peer import PeerUnavailable, locate, shared_dir
+
+        if self.yoga_unavailable:
+            raise PeerUnavailable(self.yoga_unavailable)
+        if self.yoga is None:
+            try:
+                self.yoga = await asyncio.to_thread(
+                    locate, shared_dir(self.shared_dir), self.yoga_dir
+                )
+            except PeerUnavailable as error:
+                self.yoga_unavailable = str(error)
+                raise
+        if not self.yoga_db:
+            import asyncpg
+
+            name = "bench_yoga_" + secrets.token_hex(4)
+            admin = await asyncpg.connect(self.pg_admin_url.replace("+asyncpg", ""))
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await admin.close()
+            self.yoga_db = name
+        return self.yoga
+
+    def yoga_env(self, port: int) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER")
+        }
+        env.update(
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "PBKDF2_ITERATIONS": "1000",
+                "DATABASE_URL": self.yoga_dsn.replace("postgresql://", "postgres://", 1),
+                "CONTRACT_PATH": str(self.yoga.contract),
+                "JWT_SECRET": self.secret,
+                "NODE_ENV": "production",
+            }
+        )
+        if self.name == "pg-redis":
+            env["REDIS_URL"] = self.redis_url
+        return env
 
     async def setup(self) -> None:
         self._tmp = tempfile.mkdtemp(prefix="chat-bench-")
@@ -195,10 +280,16 @@ class Stack:
             if base.startswith("postgresql://"):
                 base = "postgresql+asyncpg://" + base[len("postgresql://") :]
             self.database_url = _with_database(base, self.db_name)
+        # This checkout's code (the console script may belong to another checkout's editable
+        # install of the same venv).
         migrate = await asyncio.create_subprocess_exec(
-            str(BIN / "chat-backend"),
+            sys.executable,
+            "-m",
+            "bench.serve",
+            "app",
+            "--",
             "migrate",
-            env=self.env(),
+            env={**self.env(), "PYTHONPATH": str(ROOT)},
             cwd=self._tmp,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -231,6 +322,7 @@ class Stack:
                 "RATE_LIMIT_MESSAGES": "0",
                 "RATE_LIMIT_SIGN_IN": "0",
                 "RATE_LIMIT_SIGN_IN_PER_ADDRESS": "0",
+                "RATE_LIMIT_SIGN_UP_PER_ADDRESS": "0",
                 "COOKIE_SECURE": "false",
                 "GRAPHIQL": "false",
                 "PYTHONUNBUFFERED": "1",
@@ -248,11 +340,32 @@ class Stack:
         extra_env: dict[str, str] | None = None,
         label: str = "",
     ) -> list[Server]:
-        """Start `count` servers (app or relay) and wait until each answers /healthz."""
+        """Start `count` servers (app, relay or yoga) and wait until each answers its health
+        check. yoga raises bench.peer.PeerUnavailable when the peer cannot run here."""
+        if kind == "yoga":
+            await self.ensure_yoga()
         started = []
         for index in range(count):
             port = free_port()
             log_path = Path(self._tmp or ".") / f"server-{label or kind}-{index}-{port}.log"
+            gc_path = None
+            if kind == "yoga":
+                env = self.yoga_env(port)
+                process = _spawn(self.yoga.argv(), env, str(self.yoga.directory), log_path)
+                if self.nice:
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
+                server = Server(
+                    kind=kind,
+                    port=port,
+                    process=process,
+                    log_path=log_path,
+                    env=env,
+                    health_path="/health",
+                )
+                started.append(server)
+                self.servers.append(server)
+                continue
             if kind == "app":
                 argv = [
                     sys.executable,
@@ -282,8 +395,13 @@ class Stack:
             ):
                 if os.environ.get(name):
                     env[name] = os.environ[name]
+            if kind == "app":
+                gc_path = log_path.with_suffix(".gc.json")
+                env["BENCH_GC_PAUSES"] = str(gc_path)
             process = _spawn(argv, env, self._tmp, log_path)
-            server = Server(kind=kind, port=port, process=process, log_path=log_path, env=env)
+            server = Server(
+                kind=kind, port=port, process=process, log_path=log_path, env=env, gc_path=gc_path
+            )
             started.append(server)
             self.servers.append(server)
         for server in started:
@@ -292,18 +410,29 @@ class Stack:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(server.stop() for server in self.servers))
+        for meter in self.meters:
+            meter.close()
+        self.meters.clear()
+        # Logs and GC pause files are kept next to the JSON for a post-mortem.
+        for server in self.servers:
+            for path in (server.log_path, server.gc_path):
+                if path is not None and path.parent != self.workdir:
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(path, self.workdir / path.name)
         self.servers.clear()
 
     async def teardown(self) -> None:
         await self.stop_all()
-        if not self.is_sqlite and self.db_name and not self.keep_db:
+        databases = [name for name in (self.db_name, self.yoga_db) if name]
+        if databases and not self.keep_db:
             import asyncpg
 
-            with contextlib.suppress(Exception):
-                admin = await asyncpg.connect(self.pg_admin_url.replace("+asyncpg", ""))
-                try:
-                    await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-                finally:
-                    await admin.close()
+            for name in databases:
+                with contextlib.suppress(Exception):
+                    admin = await asyncpg.connect(self.pg_admin_url.replace("+asyncpg", ""))
+                    try:
+                        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    finally:
+                        await admin.close()
         if self._tmp and not self.keep_db:
             shutil.rmtree(self._tmp, ignore_errors=True)
