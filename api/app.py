@@ -15,6 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.core.db import Database, migrate
 from api.core.pubsub import PubSub
@@ -42,6 +43,26 @@ async def healthz(request: Request) -> Response:
 
 async def root(request: Request) -> Response:
     return RedirectResponse("/graphql")
+
+
+class ChatApp(Starlette):
+    """The Starlette app, with POST /graphql (every query and mutation) sent straight to its
+    endpoint through the same guards: routing and exception layers cost more than a hot request
+    can spare, and the endpoint answers every failure itself."""
+
+    graphql_post: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.graphql_post is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"] == "/graphql"
+        ):
+            scope["app"] = self
+            await self.graphql_post(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -139,11 +160,12 @@ def create_app(
     from schema.view import create_view
 
     view = create_view(settings)
+    endpoint = GraphQLHTTPEndpoint()
     routes = [
         Route("/", root),
         Route("/healthz", healthz),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
-        Route("/graphql", GraphQLHTTPEndpoint(), methods=["POST"]),
+        Route("/graphql", endpoint, methods=["POST"]),
         Route("/graphql", view, methods=["GET"]),
         WebSocketRoute("/graphql", view),
     ]
@@ -160,4 +182,10 @@ def create_app(
         ),
         Middleware(GraphQLRequestGuardMiddleware, graphiql=settings.graphiql_enabled),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = ChatApp(routes=routes, middleware=middleware, lifespan=lifespan)
+    # The same guards in front of the same endpoint, without the router and exception layers.
+    graphql_post: ASGIApp = endpoint
+    for layer in reversed(middleware):
+        graphql_post = layer.cls(graphql_post, *layer.args, **layer.kwargs)
+    app.graphql_post = graphql_post
+    return app

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -29,7 +30,7 @@ from strawberry.utils.await_maybe import await_maybe
 from api.state import AppState
 from schema.context import Context
 from schema.documents import is_subscription
-from schema.errors import format_errors
+from schema.errors import INTERNAL_MESSAGE, format_errors
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,23 @@ class GraphQLHTTPEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         modern = _wants_graphql_response(scope)
         cookies = Response()
+        # Outside the try: the body limit in front of this endpoint stops reading by raising.
+        body = await _read_body(receive)
         try:
-            body = await _read_body(receive)
             query, variables, operation_name = _request_parts(_decode_body(body))
             result = await self._execute(scope, receive, cookies, query, variables, operation_name)
         except BadRequest as error:
             failed = {"errors": [{"message": str(error), "extensions": {"code": "BAD_REQUEST"}}]}
             await _respond(send, 400, failed, modern, cookies)
+            return
+        except Exception:
+            # A bug outside any resolver (those are masked per field): masked here too, never
+            # a dropped connection or a traceback for the client.
+            correlation_id = uuid.uuid4().hex
+            log.exception("internal error %s outside execution", correlation_id)
+            extensions = {"code": "INTERNAL_SERVER_ERROR", "correlationId": correlation_id}
+            failed = {"errors": [{"message": INTERNAL_MESSAGE, "extensions": extensions}]}
+            await _respond(send, 500, failed, modern, cookies)
             return
         if isinstance(result, _RequestError):
             # Parse and validation failures, unknown operations: the request never ran.

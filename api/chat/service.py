@@ -305,9 +305,12 @@ async def publish_message(
 ) -> None:
     """Wake the room's subscribers and each member's inbox (after the commit, never before)."""
     payload = message.to_json()
-    await pubsub.publish(room_channel(message.room_id), payload)
-    for member_id in member_ids:
-        await pubsub.publish(user_channel(member_id), payload)
+    await pubsub.publish_many(
+        [
+            (room_channel(message.room_id), payload),
+            *((user_channel(member_id), payload) for member_id in member_ids),
+        ]
+    )
 
 
 async def read_messages_after(

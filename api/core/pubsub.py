@@ -76,6 +76,13 @@ class HardenedRedisBackend(RedisBackend):
         # immediately while nothing is subscribed (the first-subscriber bug).
         self._ready.set()
 
+    async def publish_many(self, messages: list[tuple[str, str]]) -> None:
+        """Publish several messages in one round trip (a pipeline, not a transaction)."""
+        pipeline = self._conn.pipeline(transaction=False)
+        for channel, message in messages:
+            pipeline.publish(channel, message)
+        await pipeline.execute()
+
     def fail(self, error: BaseException) -> None:
         """Make the hub treat this connection as lost (it reconnects and resyncs)."""
         self._queue.put_nowait(error)  # type: ignore[arg-type]
@@ -276,6 +283,26 @@ class PubSub:
         except Exception as error:  # noqa: BLE001 - retried below; RESYNC covers the rest
             log.warning("publish to %s failed (%s); retrying in the background", channel, error)
             self._retry_later(channel, message)
+            return False
+        return True
+
+    async def publish_many(self, messages: list[tuple[str, str]]) -> bool:
+        """Publish several messages, in one broker round trip where the broker allows it;
+        False when the broker is unreachable (failed ones are retried in the background)."""
+        backend = self._backend
+        if not isinstance(backend, HardenedRedisBackend):
+            published = True
+            for channel, message in messages:
+                published = await self.publish(channel, message) and published
+            return published
+        if not self._connected.is_set():
+            return False
+        try:
+            await backend.publish_many(messages)
+        except Exception as error:  # noqa: BLE001 - retried below; RESYNC covers the rest
+            log.warning("publish failed (%s); retrying in the background", error)
+            for channel, message in messages:
+                self._retry_later(channel, message)
             return False
         return True
 
