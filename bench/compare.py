@@ -595,10 +595,16 @@ def _skipped(result: dict[str, Any], labels: list[str]) -> list[str]:
     return lines
 
 
+def _sum(step: dict[str, Any], suffix: str) -> float | None:
+    server, infra = step["server" + suffix], step["infra" + suffix]
+    return None if server is None or infra is None else round(server + infra, 1)
+
+
 FIXED_ROWS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
     # (label, value from a step, ratio column?)
     ("server CPU µs / delivery", lambda s: s["server_cpu_us_per_delivery"], True),
     ("db CPU µs / delivery", lambda s: s["infra_cpu_us_per_delivery"], True),
+    ("server + db CPU µs / delivery", lambda s: _sum(s, "_cpu_us_per_delivery"), True),
     ("server CPU % of a core", lambda s: round(s["cpu"]["server_cpu_pct"], 1), True),
     ("db CPU %", lambda s: round(s["cpu"]["infra_cpu_pct"], 1), False),
     ("delivery p50 ms", lambda s: s["delivery_ms"]["p50"], True),
