@@ -26,7 +26,7 @@ from typing import Any
 from bench import gcstats, seed
 from bench.loadgen import MESSAGE_FIELDS, LoadGen, SetupError
 from bench.peer import PeerUnavailable
-from bench.procs import rss_bytes
+from bench.procs import cpu_seconds, rss_bytes
 from bench.profile import Profiler, format_summary
 from bench.scenarios import (
     Context,
@@ -124,8 +124,8 @@ async def on_stack(
                 "delivery_p99_ms": warm["delivery_ms"]["p99"],
                 "lost": warm["lost"],
                 "drained": warm["drained"],
+                "settled_s": await settle(servers),
             }
-            await asyncio.sleep(1.0)
         if ctx.config.profile and kind == "app":
             profiler = Profiler([s.pid for s in servers], ctx.out_dir / f"profile-{tag}-{label}")
             if not profiler.start():
@@ -133,6 +133,9 @@ async def on_stack(
         for phase in phases:
             steps: list[dict[str, Any]] = []
             for rate in phase.rates:
+                if steps and not steps[-1]["drained"]:
+                    # A backlog left by the last step would be billed to this one.
+                    steps[-1]["settled_s"] = await settle(servers)
                 step = await _step(ctx, lg, meter, made, rate, phase.seconds, servers)
                 ok, reason = phase.criteria(step)
                 step["pass"] = ok
@@ -147,6 +150,7 @@ async def on_stack(
                 "steps": steps,
                 "best": best_step(steps),
             }
+            result["phases"][phase.name]["settled_after_s"] = await settle(servers)
         result["rss_end_mb"] = round(_rss(servers) / 2**20, 1)
     except (SetupError, OSError, RuntimeError, TimeoutError) as error:
         # One stack failing (e.g. the peer refusing something) must not lose the others.
@@ -162,6 +166,19 @@ async def on_stack(
         result["error_samples"] = lg.tracker.error_samples[:10]
         await ctx.stack.stop_all()
     return result
+
+
+async def settle(servers: list[Any], limit_s: float = 30.0, quiet_pct: float = 15.0) -> float:
+    """Wait until the servers are quiet (under quiet_pct of a core over 0.5 s), e.g. after a
+    step that left a backlog, so the next step does not pay for it; returns the seconds waited."""
+    started = perf()
+    while perf() - started < limit_s:
+        before = sum(cpu_seconds(server.pid) for server in servers)
+        await asyncio.sleep(0.5)
+        used = sum(cpu_seconds(server.pid) for server in servers) - before
+        if 100 * used / 0.5 < quiet_pct:
+            break
+    return round(perf() - started, 1)
 
 
 def _fixed(rate: float, seconds: float, p99_ms: float) -> Phase:
@@ -578,10 +595,16 @@ def _skipped(result: dict[str, Any], labels: list[str]) -> list[str]:
     return lines
 
 
+def _sum(step: dict[str, Any], suffix: str) -> float | None:
+    server, infra = step["server" + suffix], step["infra" + suffix]
+    return None if server is None or infra is None else round(server + infra, 1)
+
+
 FIXED_ROWS: list[tuple[str, Callable[[dict[str, Any]], Any], bool]] = [
     # (label, value from a step, ratio column?)
     ("server CPU µs / delivery", lambda s: s["server_cpu_us_per_delivery"], True),
     ("db CPU µs / delivery", lambda s: s["infra_cpu_us_per_delivery"], True),
+    ("server + db CPU µs / delivery", lambda s: _sum(s, "_cpu_us_per_delivery"), True),
     ("server CPU % of a core", lambda s: round(s["cpu"]["server_cpu_pct"], 1), True),
     ("db CPU %", lambda s: round(s["cpu"]["infra_cpu_pct"], 1), False),
     ("delivery p50 ms", lambda s: s["delivery_ms"]["p50"], True),
