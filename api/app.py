@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -65,6 +66,53 @@ class ChatApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def _build_state(
+    settings: Settings, view: Any, *, db: Database, pubsub: PubSub, limiter: RateLimiter
+) -> AppState:
+    """The app's caches, hub and the rest, around its database and pub/sub."""
+    from schema import document_rules
+    from schema.chat import MessageType
+    from schema.documents import Documents
+    from schema.execution import Plans
+    from schema.hub import Hub
+
+    keys = derive_keys(settings.secret)
+    state = AppState(
+        settings=settings,
+        keys=keys,
+        db=db,
+        pubsub=pubsub,
+        limiter=limiter,
+        hasher=PasswordHasher(pepper=keys.pepper),
+        tokens=TokenCache(),
+        sessions=SessionCache(ttl=settings.session_cache_ttl),
+        directory=UserDirectory(),
+        unfinished=Unfinished(),
+    )
+    state.documents = Documents(
+        view.schema._schema,
+        rules=document_rules(
+            production=settings.is_production,
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+        ),
+        max_tokens=settings.max_query_tokens,
+        hide_suggestions=settings.is_production,
+    )
+    state.plans = Plans()
+    state.hub = Hub(
+        schema=view.schema._schema,
+        documents=state.documents,
+        plans=state.plans,
+        db=db,
+        pubsub=pubsub,
+        directory=state.directory,
+        to_root=MessageType.from_view,
+        behind_limit=settings.ws_behind_limit,
+    )
+    return state
+
+
 def create_app(
     settings: Settings | None = None, *, run_migrations: bool | None = None
 ) -> Starlette:
@@ -96,38 +144,7 @@ def create_app(
                 sign_up_per_address=settings.rate_limit_sign_up_per_address,
             ),
         )
-        keys = derive_keys(settings.secret)
-        state = AppState(
-            settings=settings,
-            keys=keys,
-            db=db,
-            pubsub=pubsub,
-            limiter=limiter,
-            hasher=PasswordHasher(pepper=keys.pepper),
-            tokens=TokenCache(),
-            sessions=SessionCache(ttl=settings.session_cache_ttl),
-            directory=UserDirectory(),
-            unfinished=Unfinished(),
-        )
-        state.documents = Documents(
-            view.schema._schema,  # type: ignore[attr-defined]
-            rules=document_rules(
-                production=settings.is_production,
-                max_depth=settings.max_query_depth,
-                max_aliases=settings.max_aliases,
-            ),
-            max_tokens=settings.max_query_tokens,
-            hide_suggestions=settings.is_production,
-        )
-        state.hub = Hub(
-            schema=view.schema._schema,  # type: ignore[attr-defined]
-            documents=state.documents,
-            db=db,
-            pubsub=pubsub,
-            directory=state.directory,
-            to_root=MessageType.from_view,
-            behind_limit=settings.ws_behind_limit,
-        )
+        state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
         state.hub.start()
         session_notices = asyncio.create_task(
             users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
@@ -152,11 +169,7 @@ def create_app(
             await db.dispose()
 
     # The app factory is the one place in api/ that mounts the GraphQL layer.
-    from schema import document_rules
-    from schema.chat import MessageType
-    from schema.documents import Documents
     from schema.http import GraphQLHTTPEndpoint
-    from schema.hub import Hub
     from schema.view import create_view
 
     view = create_view(settings)

@@ -34,3 +34,5 @@ class AppState:
     documents: Any = None
     # The delivery hub (schema.hub.Hub), likewise.
     hub: Any = None
+    # Compiled result plans (schema.execution.Plans), likewise.
+    plans: Any = None

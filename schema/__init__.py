@@ -25,6 +25,7 @@ from strawberry.types.graphql import OperationType
 
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.errors import format_errors
+from schema.execution import PlainExecutor
 from schema.users import UsersMutation, UsersQuery
 
 Query = merge_types("Query", (UsersQuery, ChatQuery))
@@ -108,6 +109,7 @@ def build_schema(
         subscription=ChatSubscription,
         extensions=all_extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
+        execution_context_class=PlainExecutor,
     )
 
 

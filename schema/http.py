@@ -31,6 +31,7 @@ from api.state import AppState
 from schema.context import Context
 from schema.documents import is_subscription
 from schema.errors import INTERNAL_MESSAGE, format_errors
+from schema.execution import PlainExecutor
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class GraphQLHTTPEndpoint:
                 context_value=context,
                 variable_values=variables,
                 operation_name=operation_name,
+                executor_class=PlainExecutor,
                 is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
             )
         )

@@ -53,6 +53,7 @@ from api.core.websocket import ChatWebSocketProtocol
 from api.users.cache import UserDirectory
 from schema.documents import Documents
 from schema.errors import format_errors
+from schema.execution import PLAN_ERRORS, PlainExecutor, Plan, Plans, event_plan
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +101,17 @@ class Shape:
     operation_name: str | None
     selection_variables: tuple[str, ...]
     per_viewer: bool
+    # (response key, plan) when the result is the event's plain selection and nothing else:
+    # then an event's result needs no execution at all (schema.execution.event_plan).
+    direct: tuple[str, Plan] | None = None
 
 
 class Shapes:
     """Shapes by (document text, operation name), computed once; bounded."""
 
-    def __init__(self, schema: GraphQLSchema, size: int = 1024) -> None:
+    def __init__(self, schema: GraphQLSchema, plans: Plans | None = None, size: int = 1024) -> None:
         self.schema = schema
+        self.plans = plans
         self.size = size
         self._shapes: OrderedDict[tuple[str, str | None], Shape] = OrderedDict()
 
@@ -151,6 +156,7 @@ class Shapes:
             operation_name=operation_name,
             selection_variables=tuple(sorted(variables.names)),
             per_viewer=viewer.found,
+            direct=event_plan(self.plans, self.schema, operation),
         )
 
 
@@ -510,6 +516,7 @@ class Hub:
         *,
         schema: GraphQLSchema,
         documents: Documents,
+        plans: Plans | None,
         db: Database,
         pubsub: PubSub,
         directory: UserDirectory | None,
@@ -525,7 +532,7 @@ class Hub:
         self.to_root = to_root
         self.behind_limit = behind_limit
         self.fallback_high_water = fallback_high_water
-        self.shapes = Shapes(schema)
+        self.shapes = Shapes(schema, plans)
         self.channels: dict[str, Channel] = {}
         self._events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -714,14 +721,24 @@ class Hub:
 
     async def result(self, sink: Sink, message: MessageView, root: Any = None) -> bytes:
         """The encoded `payload` of a sink's result for one message."""
+        if root is None:
+            root = self.to_root(message)
+        direct = sink.shape.direct
+        if direct is not None:
+            key, plan = direct
+            try:
+                return orjson.dumps({"data": {key: plan(root)}})
+            except PLAN_ERRORS:
+                pass  # execute it, which reports what is wrong
         operation = sink.operation
         result = execute(
             self.schema,
             sink.shape.document,
-            root_value=root if root is not None else self.to_root(message),
+            root_value=root,
             context_value=operation.context,
             variable_values=operation.variables,
             operation_name=operation.operation_name,
+            executor_class=PlainExecutor,
         )
         if isinstance(result, Awaitable):
             result = await result

@@ -10,6 +10,7 @@ from typing import Any
 import strawberry
 from graphql import parse
 
+from schema.execution import Plans
 from schema.hub import VIEWER_DEPENDENT, Channel, Hub, Operation, Shapes, Sink, Socket
 
 
@@ -57,7 +58,7 @@ async def _no_send(_: str) -> None:
 
 def _hub() -> Hub:
     hub = Hub.__new__(Hub)
-    hub.shapes = Shapes(SCHEMA)
+    hub.shapes = Shapes(SCHEMA, Plans())
     return hub
 
 
