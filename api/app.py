@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.core.collector import CollectorPolicy
 from api.core.db import Database, migrate
 from api.core.pubsub import PubSub
 from api.core.ratelimit import Limits, RateLimiter, create_storage
@@ -154,6 +155,9 @@ def create_app(
         # out of the collector's generations, so full collections scan only per-socket state.
         gc.collect()
         gc.freeze()
+        collector = CollectorPolicy(
+            freeze_interval=settings.gc_freeze_interval, full_interval=settings.gc_full_interval
+        ).start()
         app.state.chat = state
         try:
             yield
@@ -161,9 +165,11 @@ def create_app(
             # Sends already committed are published before pub/sub goes away.
             await state.unfinished.drain()
             await state.hub.stop()
-            session_notices.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session_notices
+            for task in (session_notices, collector):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await limiter.close()
             await pubsub.disconnect()
             await db.dispose()

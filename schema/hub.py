@@ -535,6 +535,7 @@ class Hub:
         self.shapes = Shapes(schema, plans)
         self.channels: dict[str, Channel] = {}
         self._events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
+        self._backlog = 0  # events queued for, or being delivered by, the dispatcher task
         self._dispatcher: asyncio.Task[None] | None = None
         self.sockets_behind = 0
         self.sockets_closed_behind = 0
@@ -654,7 +655,7 @@ class Hub:
 
     async def _subscribe(self, channel: Channel) -> None:
         channel.subscription = await self.pubsub.join(
-            channel.name, lambda item: self._events.put_nowait((channel, item))
+            channel.name, lambda item: self._on_event(channel, item)
         )
 
     async def _leave(self, channel: Channel) -> None:
@@ -669,6 +670,13 @@ class Hub:
 
     # --- dispatching -----------------------------------------------------------------------
 
+    def _on_event(self, channel: Channel, item: Any) -> None:
+        # At once, in the pub/sub callback, unless earlier events still wait for an awaited
+        # result (order first) or this one needs one.
+        if self._backlog or not self._dispatch_now(channel, item):
+            self._backlog += 1
+            self._events.put_nowait((channel, item))
+
     async def _dispatch_forever(self) -> None:
         while True:
             channel, item = await self._events.get()
@@ -676,27 +684,65 @@ class Hub:
                 await self._dispatch(channel, item)
             except Exception:  # a bug here must not stop delivery for everyone
                 log.exception("delivery hub failed on an event of %s", channel.name)
+            finally:
+                self._backlog -= 1
+
+    def _dispatch_now(self, channel: Channel, item: Any) -> bool:
+        """Deliver an event without awaiting; False, with nothing written, when one of its
+        results must be awaited (the dispatcher task then delivers it)."""
+        try:
+            if item is RESYNC:
+                self._resync(channel)
+                return True
+            message = self._seen(channel, item)
+            groups = self._groups(channel, message)
+            if not groups:
+                return True
+            root = self.to_root(message)
+            ready = []
+            for sinks in groups.values():
+                payload = self._result_now(sinks[0], root)
+                if payload is None:
+                    return False
+                ready.append((payload, sinks))
+            for payload, sinks in ready:
+                self._emit(payload, sinks, message)
+        except Exception:  # a bug here must not stop delivery for everyone
+            log.exception("delivery hub failed on an event of %s", channel.name)
+        return True
 
     async def _dispatch(self, channel: Channel, item: Any) -> None:
         if item is RESYNC:
-            # Events may have been lost (broker reconnect, overflow): every sink re-reads.
-            for sink in list(channel.sinks):
-                sink.refill()
+            self._resync(channel)
             return
-        message = MessageView.from_json(item)
-        if message.seq > channel.seen.get(message.room_id, 0):
-            channel.seen[message.room_id] = message.seq
+        message = self._seen(channel, item)
         groups = self._groups(channel, message)
         if not groups:
             return
         root = self.to_root(message)
         for sinks in groups.values():
             payload = await self.result(sinks[0], message, root)
-            for sink in sinks:
-                # A socket may have fallen behind while the result was computed.
-                if sink.live:
-                    sink.emit(payload, message)
-                    self.deliveries += 1
+            self._emit(payload, sinks, message)
+
+    @staticmethod
+    def _resync(channel: Channel) -> None:
+        # Events may have been lost (broker reconnect, overflow): every sink re-reads.
+        for sink in list(channel.sinks):
+            sink.refill()
+
+    @staticmethod
+    def _seen(channel: Channel, item: str) -> MessageView:
+        message = MessageView.from_json(item)
+        if message.seq > channel.seen.get(message.room_id, 0):
+            channel.seen[message.room_id] = message.seq
+        return message
+
+    def _emit(self, payload: bytes, sinks: list[Sink], message: MessageView) -> None:
+        for sink in sinks:
+            # A socket may have fallen behind while the result was computed.
+            if sink.live:
+                sink.emit(payload, message)
+                self.deliveries += 1
 
     @staticmethod
     def _groups(channel: Channel, message: MessageView) -> dict[Any, list[Sink]]:
@@ -723,6 +769,16 @@ class Hub:
         """The encoded `payload` of a sink's result for one message."""
         if root is None:
             root = self.to_root(message)
+        payload = self._result_now(sink, root)
+        if payload is not None:
+            return payload
+        result = self._execute(sink, root)
+        if not isinstance(result, ExecutionResult):
+            result = await result
+        return self._encode(result)
+
+    def _result_now(self, sink: Sink, root: Any) -> bytes | None:
+        """The encoded payload, or None when it must be awaited."""
         direct = sink.shape.direct
         if direct is not None:
             key, plan = direct
@@ -730,8 +786,17 @@ class Hub:
                 return orjson.dumps({"data": {key: plan(root)}})
             except PLAN_ERRORS:
                 pass  # execute it, which reports what is wrong
+        result = self._execute(sink, root)
+        if isinstance(result, ExecutionResult):
+            return self._encode(result)
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # not awaited here: the caller executes it again where it can await
+        return None
+
+    def _execute(self, sink: Sink, root: Any) -> Any:
         operation = sink.operation
-        result = execute(
+        return execute(
             self.schema,
             sink.shape.document,
             root_value=root,
@@ -740,9 +805,9 @@ class Hub:
             operation_name=operation.operation_name,
             executor_class=PlainExecutor,
         )
-        if isinstance(result, Awaitable):
-            result = await result
-        assert isinstance(result, ExecutionResult)
+
+    @staticmethod
+    def _encode(result: ExecutionResult) -> bytes:
         payload: dict[str, Any] = {"data": result.data}
         if result.errors:
             format_errors(result.errors)

@@ -125,13 +125,27 @@ class HardenedRedisBackend(RedisBackend):
                 log.debug("closing redis connection: %s", error)
 
 
+class DirectMemoryBackend(MemoryBackend):
+    """broadcaster's in-process backend, delivering each event by a loop callback instead of a
+    queue read by a listener task: one task wake-up less per event, order kept (callbacks run
+    first in, first out)."""
+
+    deliver: Callable[[Event], None] | None = None
+
+    async def publish(self, channel: str, message: Any) -> None:
+        if self.deliver is not None:
+            asyncio.get_running_loop().call_soon(self.deliver, Event(channel, message))
+        else:
+            await super().publish(channel, message)
+
+
 def create_backend(url: str) -> BroadcastBackend:
     """The broadcaster backend for a BROADCAST_URL (memory:// or redis://)."""
     scheme = urlparse(url).scheme
     if scheme in ("redis", "rediss"):
         return HardenedRedisBackend(url)
     if scheme == "memory":
-        return MemoryBackend(url)
+        return DirectMemoryBackend(url)
     raise ValueError(f"Unsupported BROADCAST_URL scheme {scheme!r}: use memory:// or redis://")
 
 
@@ -249,9 +263,15 @@ class PubSub:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def _create_backend(self) -> BroadcastBackend:
+        backend = create_backend(self.url)
+        if isinstance(backend, DirectMemoryBackend):
+            backend.deliver = self._dispatch
+        return backend
+
     async def connect(self) -> None:
         """Connect to the broker and start the listener (and its watchdog)."""
-        self._backend = create_backend(self.url)
+        self._backend = self._create_backend()
         try:
             await self._backend.connect()
             self._connected.set()
@@ -433,7 +453,7 @@ class PubSub:
         await failed.disconnect()
         delay = self.reconnect_delay
         while True:
-            backend = create_backend(self.url)
+            backend = self._create_backend()
             try:
                 await backend.connect()
                 async with self._command_lock:

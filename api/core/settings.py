@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=0)
     max_subscriptions_per_connection: int = Field(default=50, ge=0)
     connection_init_timeout: float = Field(default=10.0, gt=0)
+    # Garbage collection (api/core/collector.py): survivors are frozen every gc_freeze_interval
+    # seconds (0 = CPython's defaults), and everything is collected every gc_full_interval.
+    gc_freeze_interval: float = Field(default=1.0, ge=0)
+    gc_full_interval: float = Field(default=900.0, ge=0)
     # A socket whose client stops reading is closed (1013) after being this long behind.
     ws_behind_limit: float = Field(default=30.0, gt=0)
     ws_per_message_deflate: bool = False
