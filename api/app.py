@@ -49,8 +49,8 @@ async def root(request: Request) -> Response:
 
 class ChatApp(Starlette):
     """The Starlette app, with POST /graphql (every query and mutation) sent straight to its
-    endpoint through the same guards: routing and exception layers cost more than a hot request
-    can spare, and the endpoint answers every failure itself."""
+    endpoint: middleware, routing and exception layers cost more than a hot request can spare,
+    and the endpoint applies the same guards and answers every failure itself."""
 
     graphql_post: ASGIApp | None = None
 
@@ -179,12 +179,13 @@ def create_app(
     from schema.view import create_view
 
     view = create_view(settings)
-    endpoint = GraphQLHTTPEndpoint()
+    endpoint = GraphQLHTTPEndpoint(
+        max_body_bytes=settings.max_body_bytes, allowed_origins=settings.allowed_origins
+    )
     routes = [
         Route("/", root),
         Route("/healthz", healthz),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
-        Route("/graphql", endpoint, methods=["POST"]),
         Route("/graphql", view, methods=["GET"]),
         WebSocketRoute("/graphql", view),
     ]
@@ -202,9 +203,5 @@ def create_app(
         Middleware(GraphQLRequestGuardMiddleware, graphiql=settings.graphiql_enabled),
     ]
     app = ChatApp(routes=routes, middleware=middleware, lifespan=lifespan)
-    # The same guards in front of the same endpoint, without the router and exception layers.
-    graphql_post: ASGIApp = endpoint
-    for layer in reversed(middleware):
-        graphql_post = layer.cls(graphql_post, *layer.args, **layer.kwargs)
-    app.graphql_post = graphql_post
+    app.graphql_post = endpoint
     return app

@@ -50,11 +50,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Server options that follow from settings (shared by `serve` and the test servers)."""
+    from api.core.http import ChatHttpProtocol
     from api.core.websocket import ChatWebSocketProtocol
 
     return {
         "loop": "auto",  # uvloop when installed
-        "http": "auto",  # httptools when installed
+        # uvicorn's httptools protocol, one write per short response.
+        "http": ChatHttpProtocol,
         # uvicorn's sans-I/O protocol, opened up for the delivery hub's direct writes.
         "ws": ChatWebSocketProtocol,
         "lifespan": "on",

@@ -35,6 +35,8 @@ class Context:
     state: AppState
     # Filled by strawberry with the connection_init payload on WebSocket connections.
     connection_params: dict[str, Any] | None = None
+    # Over HTTP, the credential as the endpoint found it in the request (schema.http).
+    http_credential: str | None = None
     _auth: Authenticated | None = None
     _auth_checked: bool = False
     _auth_error: Unauthenticated | None = field(default=None, repr=False)
@@ -61,6 +63,8 @@ class Context:
 
     def credential(self) -> str | None:
         """The encrypted session value: cookie, `Authorization: Bearer`, or connection_init."""
+        if self.http_credential is not None:
+            return self.http_credential
         params = self.connection_params or {}
         from_params = _bearer(params.get("authorization") or params.get("Authorization"))
         return (

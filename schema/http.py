@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 GRAPHQL_RESPONSE_JSON = b"application/graphql-response+json"
 APPLICATION_JSON = b"application/json"
+JSON_MEDIA_TYPES = (APPLICATION_JSON, GRAPHQL_RESPONSE_JSON)
 
 
 class BadRequest(Exception):
@@ -77,27 +79,83 @@ def _request_parts(
     return query, variables, operation_name
 
 
-def _wants_graphql_response(scope: Scope) -> bool:
+class _TooLarge(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Head:
+    """The request headers this endpoint reads, found in one pass over the raw list."""
+
+    content_type: bytes = b""
+    content_length: bytes | None = None
+    accept: bytes = b""
+    origin: bytes | None = None
+    cookie: bytes = b""
+    authorization: bytes | None = None
+
+
+def _head(scope: Scope) -> _Head:
+    head = _Head()
     for name, value in scope["headers"]:
-        if name == b"accept":
-            return GRAPHQL_RESPONSE_JSON in value
-    return False
+        if name == b"content-type":
+            head.content_type = value
+        elif name == b"content-length":
+            head.content_length = value
+        elif name == b"accept":
+            head.accept = value
+        elif name == b"origin":
+            head.origin = value
+        elif name == b"cookie":
+            head.cookie = value if not head.cookie else head.cookie + b"; " + value
+        elif name == b"authorization":
+            head.authorization = value
+    return head
+
+
+def _cookie(header: bytes, name: str) -> str | None:
+    for part in header.decode("latin-1").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value
+    return None
 
 
 class GraphQLHTTPEndpoint:
-    """POST /graphql: queries and mutations (subscriptions go over WebSocket)."""
+    """POST /graphql: queries and mutations (subscriptions go over WebSocket).
+
+    It stands in front of itself too: the app sends every POST /graphql here directly, so the
+    guards of the other routes are done inline (api.middleware has the same rules): only JSON
+    bodies (415 otherwise: what another site can send without a CORS preflight must not run),
+    at most `max_body_bytes` (413, before parsing), and CORS headers for listed origins.
+    """
+
+    def __init__(self, *, max_body_bytes: int, allowed_origins: list[str]) -> None:
+        self.max_body_bytes = max_body_bytes
+        self.allowed_origins = {origin.encode() for origin in allowed_origins}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        modern = _wants_graphql_response(scope)
+        head = _head(scope)
+        media_type = head.content_type.split(b";", 1)[0].strip().lower()
+        if media_type not in JSON_MEDIA_TYPES:
+            await _plain(send, 415, "POST /graphql needs Content-Type: application/json.")
+            return
+        extra = self._cors(head)
+        try:
+            body = await self._read_body(head, receive)
+        except _TooLarge:
+            await _plain(send, 413, f"Request body too large (limit {self.max_body_bytes} bytes).")
+            return
+        modern = GRAPHQL_RESPONSE_JSON in head.accept
         cookies = Response()
-        # Outside the try: the body limit in front of this endpoint stops reading by raising.
-        body = await _read_body(receive)
         try:
             query, variables, operation_name = _request_parts(_decode_body(body))
-            result = await self._execute(scope, receive, cookies, query, variables, operation_name)
+            result = await self._execute(
+                scope, receive, head, cookies, query, variables, operation_name
+            )
         except BadRequest as error:
             failed = {"errors": [{"message": str(error), "extensions": {"code": "BAD_REQUEST"}}]}
-            await _respond(send, 400, failed, modern, cookies)
+            await _respond(send, 400, failed, modern, cookies, extra)
             return
         except Exception:
             # A bug outside any resolver (those are masked per field): masked here too, never
@@ -106,24 +164,57 @@ class GraphQLHTTPEndpoint:
             log.exception("internal error %s outside execution", correlation_id)
             extensions = {"code": "INTERNAL_SERVER_ERROR", "correlationId": correlation_id}
             failed = {"errors": [{"message": INTERNAL_MESSAGE, "extensions": extensions}]}
-            await _respond(send, 500, failed, modern, cookies)
+            await _respond(send, 500, failed, modern, cookies, extra)
             return
         if isinstance(result, _RequestError):
             # Parse and validation failures, unknown operations: the request never ran.
             payload: dict[str, Any] = {"errors": [e.formatted for e in result.errors]}
             if not modern:
                 payload = {"data": None, **payload}
-            await _respond(send, 400 if modern else result.status, payload, modern, cookies)
+            status = 400 if modern else result.status
+            await _respond(send, status, payload, modern, cookies, extra)
             return
         payload = {"data": result.data}
         if result.errors:
             payload["errors"] = [error.formatted for error in result.errors]
-        await _respond(send, 200, payload, modern, cookies)
+        await _respond(send, 200, payload, modern, cookies, extra)
+
+    def _cors(self, head: _Head) -> list[tuple[bytes, bytes]]:
+        # As Starlette's CORSMiddleware answers a simple request: credentials allowed, and the
+        # origin echoed exactly (never "*") only when it is listed.
+        if head.origin is None:
+            return []
+        extra = [(b"access-control-allow-credentials", b"true")]
+        if head.origin in self.allowed_origins:
+            extra += [(b"access-control-allow-origin", head.origin), (b"vary", b"Origin")]
+        return extra
+
+    async def _read_body(self, head: _Head, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        declared = head.content_length
+        if limit and declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _TooLarge
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if limit and size > limit:
+                # A chunked body without Content-Length crossed the limit while being read.
+                raise _TooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _execute(
         self,
         scope: Scope,
         receive: Receive,
+        head: _Head,
         cookies: Response,
         query: str,
         variables: dict[str, Any] | None,
@@ -148,7 +239,12 @@ class GraphQLHTTPEndpoint:
                 "subscriptions are not allowed over HTTP POST: subscribe over WebSocket "
                 "(graphql-transport-ws) on the same endpoint."
             )
-        context = Context(request=Request(scope, receive), response=cookies, state=state)
+        context = Context(
+            request=Request(scope, receive),
+            response=cookies,
+            state=state,
+            http_credential=_credential(head, state.settings.cookie_name),
+        )
         assert prepared.document is not None
         result = await await_maybe(
             execute(
@@ -181,18 +277,6 @@ class _RequestError:
         self.status = status
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
 def _encode(payload: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(payload)
@@ -201,14 +285,39 @@ def _encode(payload: dict[str, Any]) -> bytes:
         return json.dumps(payload, separators=(",", ":")).encode()
 
 
+def _credential(head: _Head, cookie_name: str) -> str | None:
+    """The encrypted session value: `Authorization: Bearer`, else the session cookie."""
+    if head.authorization is not None:
+        value = head.authorization.decode("latin-1")
+        if value[:7].lower() == "bearer ":
+            return value[7:].strip() or None
+    return _cookie(head.cookie, cookie_name) if head.cookie else None
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def _respond(
-    send: Send, status: int, payload: dict[str, Any], modern: bool, cookies: Response
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    modern: bool,
+    cookies: Response,
+    extra: list[tuple[bytes, bytes]],
 ) -> None:
     body = _encode(payload)
     media = GRAPHQL_RESPONSE_JSON if modern else APPLICATION_JSON
     headers = [
         (b"content-type", media),
         (b"content-length", str(len(body)).encode()),
+        *extra,
     ]
     headers.extend(header for header in cookies.raw_headers if header[0] == b"set-cookie")
     await send({"type": "http.response.start", "status": status, "headers": headers})

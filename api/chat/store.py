@@ -102,11 +102,11 @@ def _message_from_row(row: Any) -> MessageRow:
 # is commit order) and insert. Two senders racing with the same clientMessageId both pass
 # `existing`; the unique index then fails the second statement whole (its seq bump included),
 # and the caller reads the winner's message.
-_APPEND = f"""
+_APPEND = """
 WITH member AS (
     SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
 ), existing AS (
-    SELECT {_MESSAGE_COLUMNS} FROM messages
+    SELECT id, seq, type, data, created_at FROM messages
     WHERE $5::varchar IS NOT NULL
       AND room_id = $1 AND sender_id = $2 AND client_message_id = $5::varchar
 ), bumped AS (
@@ -116,11 +116,11 @@ WITH member AS (
 ), inserted AS (
     INSERT INTO messages (room_id, seq, sender_id, type, data, client_message_id, created_at)
     SELECT $1, last_seq, $2, $3, $4, $5::varchar, $6 FROM bumped
-    RETURNING {_MESSAGE_COLUMNS}
+    RETURNING id, seq
 )
 SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = $1) AS member_ids,
-       i.id, i.room_id, i.seq, i.sender_id, i.type, i.data, i.created_at, i.client_message_id,
+       i.id, i.seq,
        e.id AS e_id, e.seq AS e_seq, e.type AS e_type, e.data AS e_data,
        e.created_at AS e_created_at
 FROM (SELECT 1) AS one
@@ -163,7 +163,18 @@ async def append_message(
             exists = await db.pg.fetchrow(_ROOM_EXISTS, room_id)
             return Appended(None, False, members, room_exists=bool(exists and exists[0]))
         if record["id"] is not None:
-            return Appended(_message(record), True, members)
+            # Only the id and seq come back: the rest is what was sent.
+            stored = MessageRow(
+                id=record["id"],
+                room_id=room_id,
+                seq=record["seq"],
+                sender_id=sender_id,
+                type=type,
+                data=data,
+                created_at=at,
+                client_message_id=client_message_id,
+            )
+            return Appended(stored, True, members)
         existing = MessageRow(
             id=record["e_id"],
             room_id=room_id,

@@ -18,22 +18,31 @@ from api.core.security import TokenClaims
 from api.users.views import Authenticated, UserView
 
 
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A cookie's verified claims, with its ids parsed."""
+
+    claims: TokenClaims
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+
+
 class TokenCache:
-    """Verified claims by cookie value: the same value always decrypts to the same claims, so
+    """Verified tokens by cookie value: the same value always decrypts to the same claims, so
     an entry never goes stale (expiry is still checked on every use)."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
-        self._claims: dict[str, TokenClaims] = {}
+        self._tokens: dict[str, VerifiedToken] = {}
 
-    def get(self, cookie_value: str) -> TokenClaims | None:
-        return self._claims.get(cookie_value)
+    def get(self, cookie_value: str) -> VerifiedToken | None:
+        return self._tokens.get(cookie_value)
 
-    def put(self, cookie_value: str, claims: TokenClaims) -> None:
-        if len(self._claims) >= self.max_entries:
+    def put(self, cookie_value: str, token: VerifiedToken) -> None:
+        if len(self._tokens) >= self.max_entries:
             # Oldest first: dicts keep insertion order.
-            del self._claims[next(iter(self._claims))]
-        self._claims[cookie_value] = claims
+            del self._tokens[next(iter(self._tokens))]
+        self._tokens[cookie_value] = token
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from api.core.pubsub import RESYNC, PubSub
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
 from api.users import store
-from api.users.cache import SessionCache, TokenCache, UserDirectory
+from api.users.cache import SessionCache, TokenCache, UserDirectory, VerifiedToken
 from api.users.constants import (
     NAME_MAX_LENGTH,
     NAME_MIN_LENGTH,
@@ -230,21 +230,33 @@ async def sign_in(
     return _issue(user, session, keys=keys)
 
 
-def read_token(cookie_value: str, *, keys: Keys, tokens: TokenCache | None = None) -> TokenClaims:
+def read_token(cookie_value: str, *, keys: Keys) -> TokenClaims:
     """Decrypt a cookie value and verify the JWT inside; Unauthenticated on any failure."""
-    claims = tokens.get(cookie_value) if tokens is not None else None
-    if claims is None:
+    try:
+        token = security.decrypt_cookie(cookie_value, key=keys.cookie)
+        return security.decode_token(token, key=keys.jwt)
+    except security.InvalidToken as error:
+        raise Unauthenticated("Your session is invalid; sign in again.") from error
+
+
+def _verified(cookie_value: str, *, keys: Keys, tokens: TokenCache | None) -> VerifiedToken:
+    token = tokens.get(cookie_value) if tokens is not None else None
+    if token is None:
+        claims = read_token(cookie_value, keys=keys)
         try:
-            token = security.decrypt_cookie(cookie_value, key=keys.cookie)
-            claims = security.decode_token(token, key=keys.jwt)
-        except security.InvalidToken as error:
-            raise Unauthenticated("Your session is invalid; sign in again.") from error
+            token = VerifiedToken(
+                claims=claims,
+                session_id=uuid.UUID(claims.session_id),
+                user_id=uuid.UUID(claims.user_id),
+            )
+        except ValueError as error:
+            raise Unauthenticated() from error
         if tokens is not None:
-            tokens.put(cookie_value, claims)
-    elif claims.expires_at <= utcnow():
+            tokens.put(cookie_value, token)
+    elif token.claims.expires_at <= utcnow():
         # Verified once, but the token has expired since.
         raise Unauthenticated("Your session is invalid; sign in again.")
-    return claims
+    return token
 
 
 async def authenticate(
@@ -260,12 +272,8 @@ async def authenticate(
     Every authenticated request runs this. With the caches, a session seen in the last few
     seconds costs no database round trip and no cryptography.
     """
-    claims = read_token(cookie_value, keys=keys, tokens=tokens)
-    try:
-        session_id = uuid.UUID(claims.session_id)
-        user_id = uuid.UUID(claims.user_id)
-    except ValueError as error:
-        raise Unauthenticated() from error
+    token = _verified(cookie_value, keys=keys, tokens=tokens)
+    session_id, user_id = token.session_id, token.user_id
     now = utcnow()
     auth = sessions.get(session_id, now) if sessions is not None else None
     if auth is None:
@@ -279,7 +287,7 @@ async def authenticate(
     if (
         auth.session.revoked_at is not None
         or auth.session.expires_at <= now
-        or auth.session.jti != claims.jti
+        or auth.session.jti != token.claims.jti
         or auth.user.id != user_id
     ):
         # A revoked session, an expired one, or a token that a refresh replaced.
