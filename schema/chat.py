@@ -129,7 +129,8 @@ class MessageConnection:
 
     @classmethod
     def from_page(cls, page: MessagePage) -> MessageConnection:
-        edges = [MessageEdge(cursor=m.cursor, node=MessageType.from_view(m)) for m in page.messages]
+        nodes = [MessageType.from_view(message) for message in page.messages]
+        edges = [MessageEdge(cursor=node.cursor, node=node) for node in nodes]
         return cls(edges=edges, page_info=PageInfo.of(page, [edge.cursor for edge in edges]))
 
 

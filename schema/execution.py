@@ -12,8 +12,10 @@ path unchanged, which also produces the errors.
 
 from __future__ import annotations
 
+import keyword
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
@@ -76,49 +78,53 @@ def _plain_field(field: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _value_plan(type_: GraphQLOutputType, nodes: list[Any], plans: Plans | None) -> Any:
+# Serialized as they are when the value already has this Python type (graphql-core's own
+# serializers would return it unchanged); other values go through the scalar's serializer.
+# (Int only within 32 bits, as GraphQL's Int is; Float goes through its serializer, which refuses
+# NaN and infinities.)
+_NATIVE = {"String": str, "ID": str, "Int": int, "Boolean": bool}
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """How a field's value becomes its result: `convert` (a serializer, a list plan or an
+    object plan), whether null is allowed, and the Python type that needs no conversion."""
+
+    convert: Callable[[Any], Any]
+    nullable: bool
+    native: type | None = None
+
+
+def _value_plan(type_: GraphQLOutputType, nodes: list[Any], plans: Plans | None) -> _Spec | None:
     """How to turn a value of `type_` into its result, or None when it is not plain."""
     nullable = True
     if isinstance(type_, GraphQLNonNull):
         nullable, type_ = False, type_.of_type
     if isinstance(type_, GraphQLScalarType):
-        serialize = type_.serialize
-
-        def scalar(value: Any) -> Any:
-            if value is None:
-                if nullable:
-                    return None
-                raise _Fallback
-            return serialize(value)
-
-        return scalar
+        return _Spec(type_.serialize, nullable, _NATIVE.get(type_.name))
     if isinstance(type_, GraphQLList):
         item = _value_plan(type_.of_type, nodes, plans)
         if item is None:
             return None
 
-        def listed(value: Any) -> Any:
-            if value is None:
-                if nullable:
-                    return None
-                raise _Fallback
-            return [item(each) for each in value]
+        def listed(value: Any) -> list[Any]:
+            return [_apply(item, each) for each in value]
 
-        return listed
+        return _Spec(listed, nullable)
     if isinstance(type_, GraphQLObjectType):
         sub = object_plan(plans, type_, nodes)
-        if sub is None:
-            return None
-
-        def nested(value: Any) -> Any:
-            if value is None:
-                if nullable:
-                    return None
-                raise _Fallback
-            return sub(value)
-
-        return nested
+        return _Spec(sub, nullable) if sub is not None else None
     return None  # enums, interfaces, unions: graphql-core's path
+
+
+def _apply(spec: _Spec, value: Any) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        raise _Fallback
+    if spec.native is not None and spec.native is not int and value.__class__ is spec.native:
+        return value
+    return spec.convert(value)
 
 
 def object_plan(plans: Plans | None, type_: GraphQLObjectType, nodes: list[Any]) -> Plan | None:
@@ -137,7 +143,7 @@ def object_plan(plans: Plans | None, type_: GraphQLObjectType, nodes: list[Any])
 def _compile(plans: Plans | None, type_: GraphQLObjectType, nodes: list[Any]) -> Plan | None:
     if type_.is_type_of is not None:
         return None
-    steps: list[tuple[str, Any]] = []
+    steps: list[tuple[str, str | None, Any]] = []
     for node in nodes:
         if node.directives or node.selection_set is None:
             return None
@@ -146,31 +152,69 @@ def _compile(plans: Plans | None, type_: GraphQLObjectType, nodes: list[Any]) ->
             if step is None:
                 return None
             steps.append(step)
-    if len({key for key, _ in steps}) != len(steps):
+    if len({key for key, _, _ in steps}) != len(steps):
         return None  # the same key selected twice: let graphql-core merge them
+    return _generate(steps)
 
-    def plan(source: Any) -> dict[str, Any]:
-        return {key: step(source) for key, step in steps}
 
+def _generate(steps: list[tuple[str, str | None, Any]]) -> Plan:
+    """A function building the result dict of one object: one attribute read and, where the
+    value is not already of its scalar's Python type, one conversion per field. Generated
+    source, since closures per field cost more than the work itself on a page of 50 messages.
+    Keys and attributes are GraphQL and Python names (validated), embedded with repr()."""
+    namespace: dict[str, Any] = {"Fallback": _Fallback}
+    lines = ["def plan(source):"]
+    items = []
+    for index, (key, attribute, spec) in enumerate(steps):
+        name = f"v{index}"
+        if attribute is None:  # __typename
+            namespace[f"t{index}"] = spec
+            items.append(f"{key!r}: t{index}")
+            continue
+        namespace[f"c{index}"] = spec.convert
+        if attribute.isidentifier() and not keyword.iskeyword(attribute):
+            lines.append(f"    {name} = source.{attribute}")
+        else:
+            lines.append(f"    {name} = getattr(source, {attribute!r})")
+        if spec.native is int:
+            converted = (
+                f"({name} if {name}.__class__ is int and -2147483648 <= {name} <= 2147483647"
+                f" else c{index}({name}))"
+            )
+        elif spec.native is not None:
+            namespace[f"n{index}"] = spec.native
+            converted = f"({name} if {name}.__class__ is n{index} else c{index}({name}))"
+        else:
+            converted = f"c{index}({name})"
+        if spec.nullable:
+            items.append(f"{key!r}: (None if {name} is None else {converted})")
+        else:
+            lines.append(f"    if {name} is None:\n        raise Fallback")
+            items.append(f"{key!r}: {converted}")
+    lines.append("    return {" + ", ".join(items) + "}")
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from validated names
+    plan: Plan = namespace["plan"]
     return plan
 
 
-def _step(plans: Plans | None, type_: GraphQLObjectType, selection: Any) -> tuple[str, Any] | None:
-    """(response key, how to get its value), or None when graphql-core must decide."""
+def _step(
+    plans: Plans | None, type_: GraphQLObjectType, selection: Any
+) -> tuple[str, str | None, Any] | None:
+    """(response key, attribute, how to convert its value), or None when graphql-core must
+    decide. For __typename the attribute is None and the third item the type's name."""
     if selection.kind != "field" or selection.directives:
         return None  # fragments and directives
     key = selection.alias.value if selection.alias else selection.name.value
     if selection.name.value == "__typename":
-        name = type_.name
-        return key, lambda _value: name
+        return key, None, type_.name
     field = type_.fields.get(selection.name.value)
     attribute = _plain_field(field) if field is not None else None
     if field is None or attribute is None:
         return None
-    value = _value_plan(field.type, [selection], plans)
-    if value is None:
+    spec = _value_plan(field.type, [selection], plans)
+    if spec is None:
         return None
-    return key, _getter(attribute, value)
+    return key, attribute, spec
 
 
 def event_plan(
@@ -221,10 +265,3 @@ class PlainExecutor(StrawberryGraphQLCoreExecutionContext):
         return super().complete_object_value(
             return_type, field_details_list, info, path, result, position_context
         )
-
-
-def _getter(attribute: str, value: Any) -> Callable[[Any], Any]:
-    def get(source: Any) -> Any:
-        return value(getattr(source, attribute))
-
-    return get
