@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 # Rows per store read while refilling: small, so a refill never holds much in memory and
 # yields the loop between chunks.
-REFILL_CHUNK = 50
+REFILL_CHUNK = 20
 # Metadata key marking a strawberry field whose value depends on who asks (Reaction.me,
 # Room.unreadCount): selections that read one are never shared between viewers.
 VIEWER_DEPENDENT = "viewer_dependent"
@@ -201,6 +201,7 @@ class Socket:
         self._pending: list[bytes] = []
         self._flushing: asyncio.Task[None] | None = None
         self.sinks: set[Sink] = set()
+        self.refilling = asyncio.Lock()
         self.behind = False
         self._behind_timer: asyncio.TimerHandle | None = None
         if transport is not None:
@@ -359,15 +360,20 @@ class Sink:
 
     async def _refill(self) -> None:
         try:
-            while True:
-                self._refill_again = False
-                await self._catch_up()
-                if self.socket.behind or self.done.done():
-                    return
-                if not self._refill_again and self.caught_up():
-                    # Nothing the channel has seen is missing: live from the next event on.
-                    self.live = True
-                    return
+            # One refill at a time per socket: a socket with many subscriptions catching up
+            # holds one chunk of rows, not one per subscription.
+            async with self.socket.refilling:
+                while True:
+                    self._refill_again = False
+                    if self.socket.behind or self.done.done():
+                        return
+                    await self._catch_up()
+                    if self.socket.behind or self.done.done():
+                        return
+                    if not self._refill_again and self.caught_up():
+                        # Nothing the channel has seen is missing: live from the next event on.
+                        self.live = True
+                        return
         except Exception as error:  # noqa: BLE001 - the stream ends with this error
             self.end(error)
 
@@ -522,7 +528,7 @@ class Hub:
         directory: UserDirectory | None,
         to_root: Callable[[MessageView], Any],
         behind_limit: float = 30.0,
-        fallback_high_water: int = 128 * 1024,
+        fallback_high_water: int = 64 * 1024,
     ) -> None:
         self.schema = schema
         self.documents = documents

@@ -20,8 +20,8 @@ SCOPE_KEY = "chat.socket"
 # A socket whose unsent data passes this many bytes is behind: the hub stops writing to it and
 # refills it from the database once it drains below the low mark. Bounded this way, a client
 # that stops reading holds at most this much of the server's memory.
-HIGH_WATER = 128 * 1024
-LOW_WATER = 32 * 1024
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
 
 
 class FlowListener(Protocol):
