@@ -322,6 +322,7 @@ class Sink:
         )
         self.live = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_end: Callable[[Sink, BaseException | None], None] | None = None
         self._refilling: asyncio.Task[None] | None = None
         self._refill_again = False
 
@@ -393,6 +394,11 @@ class Sink:
             self.done.set_result(None)
         else:
             self.done.set_exception(error)
+        if self.on_end is not None:
+            # Served without a task of its own (schema.ws): its handler finishes the stream.
+            if error is not None:
+                self.done.exception()  # retrieved: nobody awaits this future
+            self.on_end(self, error)
 
     def close(self) -> None:
         self.live = False
@@ -601,6 +607,24 @@ class Hub:
     ) -> None:
         """Stream a room's messages after `after` (or from now) to the operation's socket
         until the subscription ends; raises what ended it with an error."""
+        sink = await self.open_room(
+            operation=operation, user_id=user_id, room_id=room_id, after=after
+        )
+        await self._run(sink)
+
+    async def follow_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> None:
+        """Stream every new message of the user's rooms (rooms created later included)."""
+        await self._run(await self.open_inbox(operation=operation, user_id=user_id))
+
+    async def open_room(
+        self,
+        *,
+        operation: Operation,
+        user_id: uuid.UUID,
+        room_id: uuid.UUID,
+        after: str | None,
+    ) -> Sink:
+        """A room's subscription, checked (membership, cursor) but not yet attached."""
         after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
         last_seq = await chat.room_position(db=self.db, user_id=user_id, room_id=room_id)
         if after_seq is not None and after_seq > last_seq:
@@ -611,16 +635,14 @@ class Hub:
         start = last_seq if after_seq is None else after_seq
         channel = self._channel(room_channel(room_id), room_id)
         shape = self._shape(operation)
-        sink = RoomSink(self, operation, shape, channel, room_id=room_id, after_seq=start)
-        await self._run(sink)
+        return RoomSink(self, operation, shape, channel, room_id=room_id, after_seq=start)
 
-    async def follow_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> None:
-        """Stream every new message of the user's rooms (rooms created later included)."""
+    async def open_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> Sink:
+        """A user's inbox subscription, not yet attached."""
         start = await chat.room_last_seqs(db=self.db, user_id=user_id)
         channel = self._channel(user_channel(user_id), None)
         shape = self._shape(operation)
-        sink = InboxSink(self, operation, shape, channel, user_id=user_id, start=start)
-        await self._run(sink)
+        return InboxSink(self, operation, shape, channel, user_id=user_id, start=start)
 
     def _shape(self, operation: Operation) -> Shape:
         prepared = self.documents.prepare(operation.query)
@@ -635,24 +657,38 @@ class Hub:
         return channel
 
     async def _run(self, sink: Sink) -> None:
-        channel, socket = sink.channel, sink.socket
-        channel.sinks.add(sink)
-        socket.sinks.add(sink)
         try:
-            await self._join(channel)
-            self._notify()
-            # Joined before reading, so nothing committed from here on slips between the two.
-            sink.refill()
+            await self.attach(sink)
             await sink.done
         except Ended:
             return
         finally:
-            sink.close()
-            channel.sinks.discard(sink)
-            socket.sinks.discard(sink)
-            self._notify()
-            if not channel.sinks:
-                await self._leave(channel)
+            await self.detach(sink)
+
+    async def attach(self, sink: Sink) -> None:
+        """Start delivering to a sink: join its channel, then refill it from its seq."""
+        channel, socket = sink.channel, sink.socket
+        if self.channels.get(channel.name) is not channel:
+            # The channel was left while this sink was being opened: use the current one.
+            channel = sink.channel = self._channel(channel.name, channel.room_id)
+        channel.sinks.add(sink)
+        socket.sinks.add(sink)
+        await self._join(channel)
+        self._notify()
+        # Joined before reading, so nothing committed from here on slips between the two.
+        sink.refill()
+
+    async def detach(self, sink: Sink) -> None:
+        """Stop delivering to a sink (its stream completed, failed or its socket closed)."""
+        channel, socket = sink.channel, sink.socket
+        sink.close()
+        if sink not in channel.sinks:
+            return
+        channel.sinks.discard(sink)
+        socket.sinks.discard(sink)
+        self._notify()
+        if not channel.sinks:
+            await self._leave(channel)
 
     async def _join(self, channel: Channel) -> None:
         if channel.joined is None:
