@@ -73,6 +73,14 @@ class ChatGraphQL(GraphQL[Context, None]):
             # A lone surrogate echoed in an error message: json escapes what orjson refuses.
             return json.dumps(data, separators=(",", ":"))
 
+    def decode_json(self, data: str | bytes) -> object:
+        # A frame nested past the interpreter's recursion limit is malformed JSON like any
+        # other (the protocol handlers close with 4400), not a crash of the handler.
+        try:
+            return json.loads(data)
+        except RecursionError as error:
+            raise json.JSONDecodeError("nested too deeply", str(data)[:64], 0) from error
+
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
