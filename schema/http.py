@@ -41,15 +41,46 @@ APPLICATION_JSON = b"application/json"
 JSON_MEDIA_TYPES = (APPLICATION_JSON, GRAPHQL_RESPONSE_JSON)
 
 
+# JSON nested deeper than this is refused: no GraphQL request needs it, and walking it
+# (variable coercion, error formatting) would recurse as deep.
+MAX_JSON_DEPTH = 1_000
+
+
 class BadRequest(Exception):
     """A request that is not a GraphQL request at all: 400 with a GraphQL-shaped error."""
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests more than `limit` arrays and objects (iteratively,
+    so the check itself cannot overflow the stack)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _decode_body(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        pass
+        payload = _decode_body_slowly(body)
+    # Nesting past the limit needs more brackets than that: counting them (in C) spares the
+    # walk for every ordinary request.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _too_deep(payload, MAX_JSON_DEPTH):
+        raise BadRequest(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+    return payload
+
+
+def _decode_body_slowly(body: bytes) -> Any:
     # orjson refuses escaped lone surrogates and nesting past 1,024 levels: the standard
     # library takes the former (the resolver then reports BAD_USER_INPUT on the field), and
     # its RecursionError on the latter is a bad request like any other malformed body.
