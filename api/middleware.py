@@ -79,7 +79,9 @@ class GraphQLRequestGuardMiddleware:
             return
         headers = Headers(scope=scope)
         if scope["method"] in ("GET", "HEAD"):
-            wants_page = "text/html" in headers.get("accept", "") and not scope["query_string"]
+            # Share links (`/graphql?query=...`, as GraphiQL's share button and many tutorials
+            # make them) open the page with the query filled in; a GET never executes it.
+            wants_page = "text/html" in headers.get("accept", "")
             if not (self.graphiql and wants_page):
                 response = PlainTextResponse(
                     "GraphQL operations are sent by POST with Content-Type: application/json.",

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 from datetime import timedelta
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -112,6 +113,12 @@ class ChatGraphQL(GraphQL[Context, None]):
         log.info("closing socket of session %s: %s", auth.session.id, reason)
         with contextlib.suppress(RuntimeError, OSError):
             await websocket.close(code=SESSION_ENDED_CLOSE_CODE, reason=f"session {reason}")
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        # strawberry would try to run `?query=` as an operation (and refuse it: queries by GET
+        # are off). A browser opening a share link wants the page, with the query filled in
+        # by init.js; only POST executes anything.
+        return bool(request.method == "GET" and "text/html" in request.headers.get("accept", ""))
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(), headers={"Content-Security-Policy": GRAPHIQL_CSP})

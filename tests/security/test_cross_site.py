@@ -107,7 +107,7 @@ async def test_a_mutation_by_get_is_refused_with_405_allow_post_and_creates_noth
     await assert_still_serving(server)
 
 
-@pytest.mark.parametrize("accept", ["application/json", "text/html"])
+@pytest.mark.parametrize("accept", ["application/json", "*/*", "application/graphql-response+json"])
 async def test_queries_by_get_are_off(server: RunningServer, accept: str) -> None:
     async with httpx.AsyncClient(base_url=server.url) as http:
         response = await http.get("/graphql", params={"query": ME_ID}, headers={"Accept": accept})
@@ -115,6 +115,30 @@ async def test_queries_by_get_are_off(server: RunningServer, accept: str) -> Non
     assert response.headers["allow"] == "POST"
     assert "data" not in response.text
     await assert_still_serving(server)
+
+
+async def test_a_graphiql_share_link_opens_graphiql_and_executes_nothing(
+    server: RunningServer, client: GraphQLClient
+) -> None:
+    # What a browser sends when it follows a share link: GET with the document in the URL.
+    name = unique_name("shared")
+    body = sign_up_body(name)
+    response = await client.http.get(
+        "/graphql",
+        params={"query": body["query"], "variables": json.dumps(body["variables"])},
+        headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<div id="graphiql"' in response.text
+    assert response.headers["content-security-policy"].startswith("default-src 'self'")
+    # The mutation in the link never ran.
+    assert "set-cookie" not in response.headers
+    await assert_name_is_free(client, name)
+    # The page fills its editor from the link's `query` (GraphiQL's share format).
+    init = (await client.http.get("/graphql/static/init.js")).text
+    assert "new URLSearchParams(window.location.search)" in init
+    assert "parameters.q = parameters.query" in init
 
 
 # --- CORS with credentials -----------------------------------------------------------------

@@ -33,17 +33,17 @@
 #
 `;
 
-  // Parse URL parameters for sharing queries (?q=...&variables=...).
+  // Share links: `?query=...&variables=...&operationName=...` (GraphiQL's own share
+  // format, used by many tutorials) or the short `?q=...` this page writes as you type.
+  // They only fill the editors: nothing runs until you press the run button (a POST).
   const parameters = {};
-
-  for (const entry of window.location.search.slice(1).split("&")) {
-    const eq = entry.indexOf("=");
-    if (eq >= 0) {
-      parameters[decodeURIComponent(entry.slice(0, eq))] = decodeURIComponent(
-        entry.slice(eq + 1),
-      );
-    }
+  for (const [key, value] of new URLSearchParams(window.location.search)) {
+    parameters[key] = value;
   }
+  if (parameters.query && !parameters.q) {
+    parameters.q = parameters.query;
+  }
+  delete parameters.query;
 
   function updateURL(data) {
     Object.assign(parameters, data);
