@@ -26,6 +26,7 @@ from strawberry.types.graphql import OperationType
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.errors import format_errors
 from schema.execution import PlainExecutor
+from schema.introspection import IntrospectionDepthRule
 from schema.users import UsersMutation, UsersQuery
 
 Query = merge_types("Query", (UsersQuery, ChatQuery))
@@ -72,6 +73,8 @@ def document_rules(
     rules: list[type[ASTValidationRule]] = []
     if max_depth:
         rules += QueryDepthLimiter(max_depth=max_depth).validation_rules
+        # The depth limiter does not count introspection; this bounds it separately.
+        rules.append(IntrospectionDepthRule)
     if max_aliases:
         rules += MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules
     if production:
