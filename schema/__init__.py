@@ -12,10 +12,8 @@ from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
-    ValidationCache,
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
@@ -24,6 +22,7 @@ from strawberry.types import ExecutionContext, ExecutionResult
 from strawberry.types.graphql import OperationType
 
 from schema.chat import ChatMutation, ChatQuery, ChatSubscription
+from schema.documents import CachedDocuments
 from schema.errors import format_errors
 from schema.execution import PlainExecutor
 from schema.introspection import IntrospectionDepthRule
@@ -102,10 +101,9 @@ def build_schema(
     rules = document_rules(production=production, max_depth=max_depth, max_aliases=max_aliases)
     if rules:
         all_extensions.append(lambda: AddValidationRules(rules))
-    # Clients send the same few documents over and over: parse and validate each once.
-    # Bounded, so distinct hostile documents cannot grow memory.
-    all_extensions.append(lambda: ParserCache(maxsize=512))
-    all_extensions.append(lambda: ValidationCache(maxsize=512))
+    # Clients send the same few documents over and over: parse and validate each once, in the
+    # app's cache (schema.documents), which is bounded in bytes.
+    all_extensions.append(CachedDocuments)
     return ChatSchema(
         query=Query,
         mutation=Mutation,

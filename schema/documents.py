@@ -9,8 +9,9 @@ hostile client cannot fill memory with large one-off documents).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -22,7 +23,11 @@ from graphql import (
     specified_rules,
 )
 from graphql.validation import ASTValidationRule
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
+
+# Documents up to this size are cached; larger ones are prepared every time.
+MAX_CACHED_DOCUMENT_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,7 @@ class Documents:
         max_tokens: int = 0,
         hide_suggestions: bool = False,
         max_bytes: int = 4 * 1024 * 1024,
-        max_document_bytes: int = 16 * 1024,
+        max_document_bytes: int = MAX_CACHED_DOCUMENT_BYTES,
     ) -> None:
         self.schema = schema
         self.rules = (*specified_rules, *rules)
@@ -112,3 +117,26 @@ def _remove_suggestion(error: GraphQLError) -> None:
 def is_subscription(operation: OperationDefinitionNode) -> bool:
     """Whether an operation is a subscription."""
     return operation.operation is OperationType.SUBSCRIPTION
+
+
+class CachedDocuments(SchemaExtension):
+    """strawberry's parse and validate steps (WebSocket operations) through the app's
+    Documents, so one cache, bounded in bytes, serves HTTP and WebSocket alike.
+
+    strawberry's own ParserCache and ValidationCache are bounded by entry count and keep
+    whole documents as keys: 512 entries of 60 KB of comments each (under the token limit)
+    held 30 MB. A document the cache refuses (invalid) goes through strawberry's own steps,
+    which report its errors the usual way.
+    """
+
+    def on_parse(self) -> Iterator[None]:
+        execution = self.execution_context
+        state: Any = getattr(execution.context, "state", None)
+        documents: Documents | None = getattr(state, "documents", None)
+        if documents is not None and execution.query and execution.graphql_document is None:
+            prepared = documents.prepare(execution.query)
+            if prepared.document is not None:
+                execution.graphql_document = prepared.document
+                # Validated with the same rules already: strawberry skips its own validation.
+                execution.pre_execution_errors = []
+        yield

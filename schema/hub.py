@@ -51,7 +51,7 @@ from api.core.errors import BadUserInput
 from api.core.pubsub import RESYNC, PubSub, Subscription
 from api.core.websocket import ChatWebSocketProtocol
 from api.users.cache import UserDirectory
-from schema.documents import Documents
+from schema.documents import MAX_CACHED_DOCUMENT_BYTES, Documents
 from schema.errors import format_errors
 from schema.execution import PLAN_ERRORS, PlainExecutor, Plan, Plans, event_plan
 
@@ -107,21 +107,39 @@ class Shape:
 
 
 class Shapes:
-    """Shapes by (document text, operation name), computed once; bounded."""
+    """Shapes by (document text, operation name), computed once; bounded in bytes like the
+    document cache (the keys hold whole documents), and large documents are not kept."""
 
-    def __init__(self, schema: GraphQLSchema, plans: Plans | None = None, size: int = 1024) -> None:
+    def __init__(
+        self,
+        schema: GraphQLSchema,
+        plans: Plans | None = None,
+        max_bytes: int = 4 * 1024 * 1024,
+        max_document_bytes: int = MAX_CACHED_DOCUMENT_BYTES,
+    ) -> None:
         self.schema = schema
         self.plans = plans
-        self.size = size
+        self.max_bytes = max_bytes
+        self.max_document_bytes = max_document_bytes
         self._shapes: OrderedDict[tuple[str, str | None], Shape] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def cached_bytes(self) -> int:
+        """The size of the cached documents' text."""
+        return self._bytes
 
     def of(self, document: DocumentNode, query: str, operation_name: str | None) -> Shape:
         key = (query, operation_name)
         shape = self._shapes.get(key)
         if shape is None:
-            shape = self._shapes[key] = self._compute(document, operation_name)
-            if len(self._shapes) > self.size:
-                self._shapes.popitem(last=False)
+            shape = self._compute(document, operation_name)
+            if len(query) <= self.max_document_bytes:
+                self._shapes[key] = shape
+                self._bytes += len(query)
+                while self._bytes > self.max_bytes:
+                    (evicted, _), _ = self._shapes.popitem(last=False)
+                    self._bytes -= len(evicted)
         return shape
 
     def _compute(self, document: DocumentNode, operation_name: str | None) -> Shape:
