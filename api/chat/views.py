@@ -6,7 +6,7 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -158,6 +158,8 @@ def decode_room_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         at = datetime.fromisoformat(at_text)
         if at.tzinfo is None:
             raise ValueError(at_text)
-        return at, uuid.UUID(id_text)
-    except ValueError as error:
+        # In UTC here, as stored: an offset that carries the time past year 1 or 9999
+        # (0001-01-01T00:00:00+14:00) overflows now, not later inside the database driver.
+        return at.astimezone(UTC), uuid.UUID(id_text)
+    except (ValueError, OverflowError) as error:
         raise BadUserInput("Malformed cursor.") from error
