@@ -21,6 +21,7 @@ JWT_ALGORITHM = "HS256"
 _SALT_BYTES = 16
 _NONCE_BYTES = 12
 _COOKIE_AAD = b"chat-backend session cookie v1"
+_PADDING_SALT = b"chat-backend padding rounds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +65,26 @@ def hash_password(password: str, *, pepper: bytes, iterations: int) -> str:
     return f"{PASSWORD_ALGORITHM}${iterations}${_b64(salt)}${_b64(digest)}"
 
 
-def verify_password(password: str, encoded: str, *, pepper: bytes) -> bool:
-    """Check a password against a stored hash in constant time (CPU-bound: run off the loop)."""
+def verify_password(password: str, encoded: str, *, pepper: bytes, min_iterations: int = 0) -> bool:
+    """Check a password against a stored hash in constant time (CPU-bound: run off the loop).
+
+    It costs at least `min_iterations` rounds, also when the stored hash has fewer (made
+    before PBKDF2_ITERATIONS was raised) or cannot be read: a wrong password for such an
+    account must take as long as one for an unknown name, or timing tells which names exist.
+    """
+    spent = 0
+    matches = False
     try:
         algorithm, iterations, salt, digest = encoded.split("$")
-        if algorithm != PASSWORD_ALGORITHM:
-            return False
-        expected = _unb64(digest)
-        actual = _pbkdf2(password, _unb64(salt), int(iterations), pepper)
+        if algorithm == PASSWORD_ALGORITHM:
+            expected = _unb64(digest)
+            spent = int(iterations)
+            matches = hmac.compare_digest(_pbkdf2(password, _unb64(salt), spent, pepper), expected)
     except (ValueError, binascii.Error):
-        return False
-    return hmac.compare_digest(actual, expected)
+        matches = False
+    if spent < min_iterations:
+        _pbkdf2(password, _PADDING_SALT, min_iterations - spent, pepper)
+    return matches
 
 
 def password_needs_rehash(encoded: str, *, iterations: int) -> bool:

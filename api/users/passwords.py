@@ -28,11 +28,16 @@ class PasswordHasher:
                 security.hash_password, password, pepper=self._pepper, iterations=iterations
             )
 
-    async def verify(self, password: str, encoded: str) -> bool:
-        """Whether the password matches the stored hash."""
+    async def verify(self, password: str, encoded: str, *, iterations: int = 0) -> bool:
+        """Whether the password matches the stored hash, at the cost of at least `iterations`
+        rounds (the current setting, whatever the stored hash was made with)."""
         async with self._gate:
             return await asyncio.to_thread(
-                security.verify_password, password, encoded, pepper=self._pepper
+                security.verify_password,
+                password,
+                encoded,
+                pepper=self._pepper,
+                min_iterations=iterations,
             )
 
     async def decoy(self, *, iterations: int) -> str:

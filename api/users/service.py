@@ -168,7 +168,7 @@ async def _check_password(
     # Lone surrogates cannot be encoded; such a password matches nothing but costs the same.
     encodable = not _has_lone_surrogate(password)
     candidate = password[:PASSWORD_MAX_LENGTH] if encodable else "-"
-    valid = await hasher.verify(candidate, encoded) and encodable
+    valid = await hasher.verify(candidate, encoded, iterations=iterations) and encodable
     if account is None or not valid:
         return None
     return account.user, account.password_hash

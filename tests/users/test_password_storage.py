@@ -10,6 +10,7 @@ import hmac
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ import pytest
 
 from api.core import security
 from api.core.db import Database
+from api.core.errors import Unauthenticated
 from api.core.security import Keys, derive_keys
 from api.core.settings import Settings
+from api.users import service
+from api.users.passwords import PasswordHasher
 from tests.conftest import make_settings
 from tests.support import PASSWORD, GraphQLClient, RunningServer, running_server, unique_name
 from tests.users.helpers import error_code, exchange, user_row
@@ -271,3 +275,39 @@ async def test_sign_in_with_an_unknown_name_hashes_off_the_event_loop(
     assert error_code(body) == "UNAUTHENTICATED"
     assert hashed_on
     assert loop_thread not in hashed_on
+
+
+async def test_a_wrong_password_costs_the_current_iterations_even_for_an_older_hash(
+    client: GraphQLClient, db: Database, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An account whose hash was made at the suite's 1,000 rounds, before the setting rose.
+    name = (await client.sign_up())["name"]
+    rounds: list[int] = []
+    real_pbkdf2 = security._pbkdf2
+
+    def counting(password: str, salt: bytes, iterations: int, pepper: bytes) -> bytes:
+        rounds.append(iterations)
+        return real_pbkdf2(password, salt, iterations, pepper)
+
+    hasher = PasswordHasher(pepper=keys.pepper)
+    await hasher.decoy(iterations=HIGH_ITERATIONS)  # made once, before anything is counted
+    monkeypatch.setattr(security, "_pbkdf2", counting)
+
+    async def failed_sign_in_rounds(account: str) -> int:
+        rounds.clear()
+        with pytest.raises(Unauthenticated):
+            await service.sign_in(
+                db=db,
+                hasher=hasher,
+                keys=keys,
+                name=account,
+                password="wrong password",
+                iterations=HIGH_ITERATIONS,
+                ttl=timedelta(hours=1),
+            )
+        return sum(rounds)
+
+    unknown = await failed_sign_in_rounds(unique_name("nobody"))
+    known = await failed_sign_in_rounds(name)
+    assert unknown == HIGH_ITERATIONS
+    assert known == unknown
