@@ -70,8 +70,10 @@ class Message(SQLModel, table=True):
         sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), nullable=False)
     )
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # RESTRICT: deleting a user must never erase their half of other people's conversations
+    # (and leave gaps in the rooms' seqs).
     sender_id: uuid.UUID = Field(
-        sa_column=Column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+        sa_column=Column(ForeignKey("users.id", ondelete="RESTRICT"), nullable=False, index=True)
     )
     type: str = Field(sa_column=Column(String(32), nullable=False))
     data: str = Field(sa_column=Column(Text, nullable=False))
