@@ -4,9 +4,6 @@ import re
 import uuid
 
 DIRECT = "direct"
-# Direct room ids are uuid5(namespace, "<lower user id>:<higher user id>"): stable, known before
-# the first message, and unambiguous (fixed-width ids cannot collide the way joined names did).
-DIRECT_ROOM_NAMESPACE = uuid.UUID("6f1c2a3e-9d7b-5c4e-8a21-3b0f5e7d9c11")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100

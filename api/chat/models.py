@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
 )
 from sqlmodel import Field, SQLModel
 
@@ -25,10 +26,18 @@ _BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 class Room(SQLModel, table=True):
     __tablename__ = "rooms"
-    __table_args__ = (Index("ix_rooms_last_activity", "last_activity_at", "id"),)
+    __table_args__ = (
+        Index("ix_rooms_last_activity", "last_activity_at", "id"),
+        # One direct room per pair of users: creation is idempotent and race-free through it.
+        Index("uq_rooms_direct_pair", "direct_low", "direct_high", unique=True),
+    )
 
+    # Random: a direct room's id must not be computable from its members' (public) ids.
     id: uuid.UUID = Field(primary_key=True)
     kind: str = Field(sa_column=Column(String(16), nullable=False))
+    # A direct room's two members, the lower id first; NULL for any other kind of room.
+    direct_low: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
+    direct_high: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
     # Highest seq handed out; the UPDATE that bumps it locks the row, so seq order is commit order.
     last_seq: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")

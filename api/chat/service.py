@@ -15,7 +15,6 @@ from api.chat.constants import (
     CLIENT_MESSAGE_ID_MAX_LENGTH,
     DEFAULT_PAGE_SIZE,
     DEFAULT_ROOMS_PAGE_SIZE,
-    DIRECT_ROOM_NAMESPACE,
     MAX_PAGE_SIZE,
     MESSAGE_TYPE_PATTERN,
     room_channel,
@@ -42,10 +41,20 @@ from api.users.views import UserView
 log = logging.getLogger(__name__)
 
 
-def direct_room_id(a: uuid.UUID, b: uuid.UUID) -> uuid.UUID:
-    """The stable id of the direct room of two users, whoever asks."""
+def direct_pair(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
+    """The two members of a direct room as the rooms table keys them, whoever asks."""
     low, high = sorted((a, b))
-    return uuid.uuid5(DIRECT_ROOM_NAMESPACE, f"{low}:{high}")
+    return low, high
+
+
+async def _direct_room_id(db: Database, a: uuid.UUID, b: uuid.UUID) -> uuid.UUID:
+    """The id of the direct room of two users, created on first use. The id is random: user
+    ids are public, and an id computed from them would tell anyone who talks to whom."""
+    pair = direct_pair(a, b)
+    found = await store.direct_room(db, pair=pair)
+    return found if found is not None else await store.ensure_direct_room(
+        db, pair=pair, at=utcnow()
+    )
 
 
 def parse_room_id(room_id: str) -> uuid.UUID:
@@ -121,8 +130,7 @@ async def open_direct_room(
 ) -> RoomView:
     """The direct room of the caller and another user, created on first use."""
     other = await _peer(db=db, directory=directory, me=me, name=with_name)
-    room_id = direct_room_id(me.id, other.id)
-    await store.ensure_direct_room(db, room_id=room_id, members=(me.id, other.id), at=utcnow())
+    room_id = await _direct_room_id(db, me.id, other.id)
     room = await get_room(db=db, user=me, room_id=room_id, directory=directory)
     assert room is not None
     return room
@@ -166,7 +174,6 @@ async def send_message(
             pubsub=pubsub,
             sender=sender,
             room_id=room_id,
-            peer_id=None,
             data=data,
             type=type,
             client_message_id=client_message_id,
@@ -194,13 +201,13 @@ async def send_direct_message(
         data=data, type=type, client_message_id=client_message_id, max_length=max_length
     )
     other = await _peer(db=db, directory=directory, me=sender, name=to)
+    room_id = await _direct_room_id(db, sender.id, other.id)
     return await unfinished.run(
         _send(
             db=db,
             pubsub=pubsub,
             sender=sender,
-            room_id=direct_room_id(sender.id, other.id),
-            peer_id=other.id,
+            room_id=room_id,
             data=data,
             type=type,
             client_message_id=client_message_id,
@@ -215,7 +222,6 @@ async def _send(
     pubsub: PubSub,
     sender: UserView,
     room_id: uuid.UUID,
-    peer_id: uuid.UUID | None,
     data: str,
     type: str,
     client_message_id: str | None,
@@ -239,7 +245,6 @@ async def _send(
         db,
         room_id=room_id,
         sender=sender,
-        peer_id=peer_id,
         data=data,
         type=type,
         client_message_id=client_message_id,
@@ -267,36 +272,27 @@ async def _append(
     *,
     room_id: uuid.UUID,
     sender: UserView,
-    peer_id: uuid.UUID | None,
     data: str,
     type: str,
     client_message_id: str | None,
 ) -> store.Appended | None:
     """The appended (or earlier identical) message; None when a concurrent twin won."""
-    for attempt in range(2):
-        try:
-            appended = await store.append_message(
-                db,
-                room_id=room_id,
-                sender_id=sender.id,
-                type=type,
-                data=data,
-                client_message_id=client_message_id,
-                at=utcnow(),
-            )
-        except store.DuplicateClientId:
-            return None
-        if appended.message is not None:
-            return appended
-        if peer_id is not None and attempt == 0:
-            # The first message between two users: create their room, then send again.
-            await store.ensure_direct_room(
-                db, room_id=room_id, members=(sender.id, peer_id), at=utcnow()
-            )
-            continue
-        if not appended.room_exists:
-            raise NotFound("No such room.")
-        raise Forbidden()
+    try:
+        appended = await store.append_message(
+            db,
+            room_id=room_id,
+            sender_id=sender.id,
+            type=type,
+            data=data,
+            client_message_id=client_message_id,
+            at=utcnow(),
+        )
+    except store.DuplicateClientId:
+        return None
+    if appended.message is not None:
+        return appended
+    if not appended.room_exists:
+        raise NotFound("No such room.")
     raise Forbidden()
 
 

@@ -293,36 +293,77 @@ async def message_by_client_id(
 # --- rooms and membership -----------------------------------------------------------------------
 
 
+_DIRECT_ROOM = "SELECT id FROM rooms WHERE direct_low = $1 AND direct_high = $2"
+_CREATE_DIRECT_ROOM = """
+INSERT INTO rooms (id, kind, last_seq, created_at, direct_low, direct_high)
+VALUES ($1, $2, 0, $3, $4, $5)
+ON CONFLICT (direct_low, direct_high) DO NOTHING
+RETURNING id
+"""
+
+
+async def direct_room(db: Database, *, pair: tuple[uuid.UUID, uuid.UUID]) -> uuid.UUID | None:
+    """The id of the direct room of a pair (lower id first), or None before it exists."""
+    if db.pg is not None:
+        record = await db.pg.fetchrow(_DIRECT_ROOM, *pair)
+        return record[0] if record is not None else None
+    async with db.read() as connection:
+        found: uuid.UUID | None = (
+            await connection.execute(
+                select(ROOMS.c.id).where(
+                    ROOMS.c.direct_low == pair[0], ROOMS.c.direct_high == pair[1]
+                )
+            )
+        ).scalar()
+    return found
+
+
 async def ensure_direct_room(
-    db: Database, *, room_id: uuid.UUID, members: tuple[uuid.UUID, uuid.UUID], at: datetime
-) -> None:
-    """Create the direct room and its two memberships unless they exist (race-free)."""
+    db: Database, *, pair: tuple[uuid.UUID, uuid.UUID], at: datetime
+) -> uuid.UUID:
+    """The id of the direct room of a pair (lower id first), created with a random id and its
+    two memberships unless it exists. Race-free: the unique (direct_low, direct_high) index
+    lets one creator win; the others wait for it, do nothing and read its id."""
     if db.pg is not None:
         async with db.pg.connection() as connection, connection.transaction():
-            await connection.execute(
-                "INSERT INTO rooms (id, kind, last_seq, created_at) VALUES ($1, $2, 0, $3) "
-                "ON CONFLICT DO NOTHING",
-                room_id,
-                DIRECT,
-                at,
+            created = await connection.fetchval(
+                _CREATE_DIRECT_ROOM, uuid.uuid4(), DIRECT, at, *pair
             )
+            if created is None:
+                existing: uuid.UUID = await connection.fetchval(_DIRECT_ROOM, *pair)
+                return existing
             await connection.executemany(
-                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING",
-                [(room_id, member) for member in members],
+                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)",
+                [(created, member) for member in pair],
             )
-        return
+            return created  # type: ignore[no-any-return]
     async with db.write() as connection:
-        await connection.execute(
+        room_id = uuid.uuid4()
+        inserted = await connection.execute(
             sqlite.insert(ROOMS)
-            .values(id=room_id, kind=DIRECT, last_seq=0, created_at=at)
-            .on_conflict_do_nothing()
+            .values(
+                id=room_id,
+                kind=DIRECT,
+                last_seq=0,
+                created_at=at,
+                direct_low=pair[0],
+                direct_high=pair[1],
+            )
+            .on_conflict_do_nothing(index_elements=["direct_low", "direct_high"])
         )
+        if inserted.rowcount != 1:
+            existing = (
+                await connection.execute(
+                    select(ROOMS.c.id).where(
+                        ROOMS.c.direct_low == pair[0], ROOMS.c.direct_high == pair[1]
+                    )
+                )
+            ).scalar_one()
+            return existing
         await connection.execute(
-            sqlite.insert(MEMBERS)
-            .values([{"room_id": room_id, "user_id": member} for member in members])
-            .on_conflict_do_nothing()
+            MEMBERS.insert().values([{"room_id": room_id, "user_id": m} for m in pair])
         )
+    return room_id
 
 
 _POSITION = """

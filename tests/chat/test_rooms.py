@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -400,3 +401,51 @@ async def test_chat_fields_of_a_room_are_forbidden_to_an_outsider(
     assert "secret" not in json.dumps(result)
     history = (await pair.bob.data(MESSAGES, {"roomId": pair.room_id}))["messages"]["edges"]
     assert [edge["node"]["seq"] for edge in history] == [1]
+
+
+# --- direct room ids are not computable -------------------------------------------------------
+
+# The namespace the old, computable ids came from: uuid5(namespace, "<low id>:<high id>").
+OLD_DIRECT_ROOM_NAMESPACE = uuid.UUID("6f1c2a3e-9d7b-5c4e-8a21-3b0f5e7d9c11")
+ROOM_BY_ID = "query Room($id: ID!) { room(id: $id) { id } }"
+
+
+def computed_room_id(a: str, b: str) -> str:
+    low, high = sorted((uuid.UUID(a), uuid.UUID(b)))
+    return str(uuid.uuid5(OLD_DIRECT_ROOM_NAMESPACE, f"{low}:{high}"))
+
+
+async def test_a_direct_rooms_id_is_random_not_computed_from_its_members(pair: Pair) -> None:
+    room_id = uuid.UUID(pair.room_id)
+    assert room_id.version == 4
+    assert str(room_id) != computed_room_id(id_of(pair.alice), id_of(pair.bob))
+
+
+async def test_an_outsider_cannot_tell_which_pairs_have_a_direct_room(
+    pair: Pair, sign_up: SignUp
+) -> None:
+    await pair.alice.data(SEND_DIRECT_MESSAGE, {"to": name_of(pair.bob), "data": "secret"})
+    carol = await sign_up()
+    dave = await sign_up()
+    talking = computed_room_id(id_of(pair.alice), id_of(pair.bob))
+    silent = computed_room_id(id_of(carol), id_of(dave))
+    # The same answer whether the pair talks or not: no such room (not FORBIDDEN).
+    assert await carol.data(ROOM_BY_ID, {"id": talking}) == {"room": None}
+    assert await carol.data(ROOM_BY_ID, {"id": silent}) == {"room": None}
+
+
+async def test_concurrent_first_contacts_create_one_direct_room(sign_up: SignUp) -> None:
+    alice, bob = await sign_up(), await sign_up()
+    rooms = await asyncio.gather(
+        *(_direct_room(alice, name_of(bob)) for _ in range(5)),
+        *(_direct_room(bob, name_of(alice)) for _ in range(5)),
+    )
+    sent = await asyncio.gather(
+        *(
+            sender.data(SEND_DIRECT_MESSAGE, {"to": name_of(to), "data": f"m{n}"})
+            for n, (sender, to) in enumerate([(alice, bob), (bob, alice)] * 5)
+        )
+    )
+    room_ids = {room["id"] for room in rooms} | {m["sendDirectMessage"]["roomId"] for m in sent}
+    assert len(room_ids) == 1
+    assert sorted(m["sendDirectMessage"]["seq"] for m in sent) == list(range(1, 11))

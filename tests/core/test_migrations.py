@@ -1,0 +1,141 @@
+"""Migrations keep what existed working: data written at an older revision, then upgraded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.engine import make_url
+
+from api.chat import service as chat
+from api.core.db import Database, alembic_config
+from api.core.pubsub import PubSub
+from api.core.tasks import Unfinished
+from api.users.views import UserView
+
+OLD_DIRECT_ROOM_NAMESPACE = uuid.UUID("6f1c2a3e-9d7b-5c4e-8a21-3b0f5e7d9c11")
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+USERS = sa.table(
+    "users",
+    sa.column("id", sa.Uuid()),
+    sa.column("name", sa.String()),
+    sa.column("name_key", sa.String()),
+    sa.column("password_hash", sa.String()),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+ROOMS = sa.table(
+    "rooms",
+    sa.column("id", sa.Uuid()),
+    sa.column("kind", sa.String()),
+    sa.column("last_seq", sa.BigInteger()),
+    sa.column("last_activity_at", sa.DateTime(timezone=True)),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+MEMBERS = sa.table("room_members", sa.column("room_id", sa.Uuid()), sa.column("user_id", sa.Uuid()))
+MESSAGES = sa.table(
+    "messages",
+    sa.column("room_id", sa.Uuid()),
+    sa.column("seq", sa.BigInteger()),
+    sa.column("sender_id", sa.Uuid()),
+    sa.column("type", sa.String()),
+    sa.column("data", sa.Text()),
+    sa.column("created_at", sa.DateTime(timezone=True)),
+)
+
+
+@pytest.fixture
+async def empty_database(tmp_path: Path) -> AsyncIterator[str]:
+    """A database with no tables: a SQLite file, or a fresh PostgreSQL database."""
+    base = os.environ.get("TEST_DATABASE_URL", "")
+    if not base:
+        yield f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+        return
+    name = f"chat_migration_{uuid.uuid4().hex[:12]}"
+    admin = make_url(base).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(admin)
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.close()
+
+
+async def upgrade(url: str, revision: str) -> None:
+    await asyncio.to_thread(command.upgrade, alembic_config(url), revision)
+
+
+def user(name: str) -> dict[str, object]:
+    return {
+        "id": uuid.uuid4(),
+        "name": name,
+        "name_key": name.casefold(),
+        "password_hash": "pbkdf2_sha256$1000$c2FsdA$aGFzaA",
+        "created_at": NOW,
+    }
+
+
+async def test_a_direct_room_made_before_0004_keeps_its_id_and_its_history(
+    empty_database: str,
+) -> None:
+    await upgrade(empty_database, "0003")
+    alice, bob = user("alice"), user("bob")
+    low, high = sorted((alice["id"], bob["id"]))  # type: ignore[type-var]
+    old_id = uuid.uuid5(OLD_DIRECT_ROOM_NAMESPACE, f"{low}:{high}")
+    db = Database(empty_database, pool_size=2)
+    try:
+        async with db.write() as connection:
+            await connection.execute(USERS.insert(), [alice, bob])
+            await connection.execute(
+                ROOMS.insert().values(
+                    id=old_id, kind="direct", last_seq=1, last_activity_at=NOW, created_at=NOW
+                )
+            )
+            await connection.execute(
+                MEMBERS.insert(), [{"room_id": old_id, "user_id": u["id"]} for u in (alice, bob)]
+            )
+            await connection.execute(
+                MESSAGES.insert().values(
+                    room_id=old_id,
+                    seq=1,
+                    sender_id=alice["id"],
+                    type="text",
+                    data="before",
+                    created_at=NOW,
+                )
+            )
+    finally:
+        await db.dispose()
+
+    await upgrade(empty_database, "head")
+
+    db = Database(empty_database, pool_size=2)
+    await db.start()
+    pubsub = PubSub("memory://")
+    await pubsub.connect()
+    try:
+        alice_view = UserView(id=alice["id"], name="alice", created_at=NOW)  # type: ignore[arg-type]
+        bob_view = UserView(id=bob["id"], name="bob", created_at=NOW)  # type: ignore[arg-type]
+        room = await chat.open_direct_room(db=db, me=bob_view, with_name="alice")
+        assert room.id == old_id
+        sent = await chat.send_direct_message(
+            db=db,
+            pubsub=pubsub,
+            unfinished=Unfinished(),
+            sender=alice_view,
+            to="bob",
+            data="after",
+        )
+        assert (sent.room_id, sent.seq) == (old_id, 2)
+    finally:
+        await pubsub.disconnect()
+        await db.dispose()
