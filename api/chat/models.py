@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
@@ -52,13 +53,28 @@ class Room(SQLModel, table=True):
 
 class RoomMember(SQLModel, table=True):
     __tablename__ = "room_members"
-    __table_args__ = (Index("ix_room_members_user", "user_id", "room_id"),)
+    __table_args__ = (
+        Index("ix_room_members_user", "user_id", "room_id"),
+        # Serves rooms(first, after): a user's rooms, most recent activity first, read in
+        # index order from the cursor on, never sorted whole.
+        Index(
+            "ix_room_members_activity",
+            "user_id",
+            text("last_activity_at DESC"),
+            text("room_id DESC"),
+        ),
+    )
 
     room_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
     )
     user_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    )
+    # The room's last activity, copied to each member by the send that made it (the room list
+    # is per user, so its order must be in this user's rows).
+    last_activity_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
 
 

@@ -52,8 +52,8 @@ async def _direct_room_id(db: Database, a: uuid.UUID, b: uuid.UUID) -> uuid.UUID
     ids are public, and an id computed from them would tell anyone who talks to whom."""
     pair = direct_pair(a, b)
     found = await store.direct_room(db, pair=pair)
-    return found if found is not None else await store.ensure_direct_room(
-        db, pair=pair, at=utcnow()
+    return (
+        found if found is not None else await store.ensure_direct_room(db, pair=pair, at=utcnow())
     )
 
 

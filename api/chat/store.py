@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, tuple_, update
 from sqlalchemy.dialects import sqlite
 
 from api.chat.constants import DIRECT
@@ -99,9 +99,10 @@ def _message_from_row(row: Any) -> MessageRow:
 
 # One statement, one round trip: check membership, skip a retried clientMessageId, take the
 # room's next seq (the UPDATE's row lock orders concurrent senders until commit, so seq order
-# is commit order) and insert. Two senders racing with the same clientMessageId both pass
-# `existing`; the unique index then fails the second statement whole (its seq bump included),
-# and the caller reads the winner's message.
+# is commit order), insert, and move the room up in each member's list (`touched`; the rooms
+# row is always locked first, so senders cannot deadlock on the member rows). Two senders
+# racing with the same clientMessageId both pass `existing`; the unique index then fails the
+# second statement whole (its seq bump included), and the caller reads the winner's message.
 _APPEND = """
 WITH member AS (
     SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
@@ -117,6 +118,9 @@ WITH member AS (
     INSERT INTO messages (room_id, seq, sender_id, type, data, client_message_id, created_at)
     SELECT $1, last_seq, $2, $3, $4, $5::varchar, $6 FROM bumped
     RETURNING id, seq
+), touched AS (
+    UPDATE room_members SET last_activity_at = $6
+    WHERE room_id = $1 AND EXISTS (SELECT 1 FROM bumped)
 )
 SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = $1) AS member_ids,
@@ -242,6 +246,9 @@ async def _append_sqlite(
                 .returning(ROOMS.c.last_seq)
             )
         ).scalar_one()
+        await connection.execute(
+            update(MEMBERS).where(MEMBERS.c.room_id == room_id).values(last_activity_at=at)
+        )
         message_id = (
             await connection.execute(
                 MESSAGES.insert()
@@ -503,19 +510,25 @@ async def messages_after(
 
 # --- room lists ---------------------------------------------------------------------------------
 
-_ROOMS = f"""
-SELECT r.id AS r_id, r.kind, r.last_activity_at,
+# The user's rooms by their own last-activity column, in the order of the index
+# (user_id, last_activity_at DESC, room_id DESC): a page reads its rows from the cursor on and
+# stops, whatever the number of rooms. The first page and the later ones are separate
+# statements, so each keeps a plan that uses the index.
+_ROOMS_SELECT = f"""
+SELECT r.id AS r_id, r.kind, rm.last_activity_at,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id) AS member_ids,
        {_PAGE_COLUMNS}
 FROM room_members rm
 JOIN rooms r ON r.id = rm.room_id
 LEFT JOIN messages m ON m.room_id = r.id AND m.seq = r.last_seq
-WHERE rm.user_id = $1 AND r.last_activity_at IS NOT NULL
-  AND ($2::timestamptz IS NULL OR r.last_activity_at < $2
-       OR (r.last_activity_at = $2 AND r.id < $3))
-ORDER BY r.last_activity_at DESC, r.id DESC
-LIMIT $4
+WHERE rm.user_id = $1 AND rm.last_activity_at IS NOT NULL
 """
+_ROOMS_ORDER = """
+ORDER BY rm.last_activity_at DESC, rm.room_id DESC
+LIMIT $2
+"""
+ROOMS_FIRST = _ROOMS_SELECT + _ROOMS_ORDER
+ROOMS_AFTER = _ROOMS_SELECT + "  AND (rm.last_activity_at, rm.room_id) < ($3, $4)" + _ROOMS_ORDER
 _ROOM = f"""
 SELECT r.id AS r_id, r.kind, r.last_activity_at,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id) AS member_ids,
@@ -546,25 +559,28 @@ async def rooms_of(
     """The user's rooms that have messages, most recent activity first (keyset on activity,
     id), each with its members and last message."""
     if db.pg is not None:
-        at, after_id = after if after is not None else (None, uuid.UUID(int=0))
-        return [_room(r) for r in await db.pg.fetch(_ROOMS, user_id, at, after_id, limit)]
+        if after is None:
+            records = await db.pg.fetch(ROOMS_FIRST, user_id, limit)
+        else:
+            records = await db.pg.fetch(ROOMS_AFTER, user_id, limit, *after)
+        return [_room(r) for r in records]
+    async with db.read() as connection:
+        rooms = (await connection.execute(rooms_of_sqlite(user_id, after, limit))).all()
+    return await _sqlite_room_rows(db, rooms)
+
+
+def rooms_of_sqlite(
+    user_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> Select[Any]:
+    """The room list's statement on SQLite (the same index order as on PostgreSQL)."""
     query = (
-        select(ROOMS)
+        select(ROOMS, MEMBERS.c.last_activity_at.label("member_activity"))
         .join(MEMBERS, MEMBERS.c.room_id == ROOMS.c.id)
-        .where(MEMBERS.c.user_id == user_id, ROOMS.c.last_activity_at.is_not(None))
+        .where(MEMBERS.c.user_id == user_id, MEMBERS.c.last_activity_at.is_not(None))
     )
     if after is not None:
-        at, after_id = after
-        query = query.where(
-            or_(
-                ROOMS.c.last_activity_at < at,
-                and_(ROOMS.c.last_activity_at == at, ROOMS.c.id < after_id),
-            )
-        )
-    query = query.order_by(ROOMS.c.last_activity_at.desc(), ROOMS.c.id.desc()).limit(limit)
-    async with db.read() as connection:
-        rooms = (await connection.execute(query)).all()
-    return await _sqlite_room_rows(db, rooms)
+        query = query.where(tuple_(MEMBERS.c.last_activity_at, MEMBERS.c.room_id) < after)
+    return query.order_by(MEMBERS.c.last_activity_at.desc(), MEMBERS.c.room_id.desc()).limit(limit)
 
 
 async def room(db: Database, *, room_id: uuid.UUID) -> RoomRow | None:

@@ -84,7 +84,7 @@ def user(name: str) -> dict[str, object]:
     }
 
 
-async def test_a_direct_room_made_before_0004_keeps_its_id_and_its_history(
+async def test_a_direct_room_made_before_0004_keeps_its_id_its_place_and_its_history(
     empty_database: str,
 ) -> None:
     await upgrade(empty_database, "0003")
@@ -127,6 +127,11 @@ async def test_a_direct_room_made_before_0004_keeps_its_id_and_its_history(
         bob_view = UserView(id=bob["id"], name="bob", created_at=NOW)  # type: ignore[arg-type]
         room = await chat.open_direct_room(db=db, me=bob_view, with_name="alice")
         assert room.id == old_id
+        # Each member's copy of the room's last activity was filled in (0005): the room is in
+        # both lists, where it stood.
+        for member in (alice_view, bob_view):
+            listed = await chat.list_rooms(db=db, user=member)
+            assert [(r.id, r.last_activity_at) for r in listed.rooms] == [(old_id, NOW)]
         sent = await chat.send_direct_message(
             db=db,
             pubsub=pubsub,
