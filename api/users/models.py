@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Column, ForeignKey, String
+from sqlalchemy import Column, ForeignKey, Index, String
 from sqlmodel import Field, SQLModel
 
 from api.core.db import UTCDateTime, utcnow
@@ -13,11 +13,18 @@ from api.core.db import UTCDateTime, utcnow
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    __table_args__ = (Index("uq_users_skeleton_key", "skeleton_key", unique=True),)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(sa_column=Column(String(32), nullable=False))
-    # NFKC + casefold of the name: "Alice", "alice" and its fullwidth form are one account.
+    # PRECIS UsernameCaseMapped (case-folded) of the name: "Alice", "alice" and its fullwidth
+    # form are one account (see api.users.names).
     name_key: str = Field(sa_column=Column(String(64), nullable=False, unique=True))
+    # The confusable skeleton of the name, unique: "alice" spelt with a Cyrillic a (U+0430)
+    # cannot sign up beside "alice". Nullable only in the schema (the service always sets it,
+    # migration 0006 filled it in), so the column could be added on SQLite without rebuilding
+    # the users table.
+    skeleton_key: str | None = Field(default=None, sa_column=Column(String(255), nullable=True))
     password_hash: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import unicodedata
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from api.users import store
 from api.users.cache import SessionCache, TokenCache, UserDirectory, VerifiedToken
 from api.users.constants import (
     NAME_MAX_LENGTH,
-    NAME_MIN_LENGTH,
     PASSWORD_MAX_LENGTH,
     PASSWORD_MIN_LENGTH,
     SESSION_REFRESHED,
@@ -31,12 +29,14 @@ from api.users.constants import (
     USER_AGENT_MAX_LENGTH,
     session_channel,
 )
+from api.users.names import name_key, skeleton, validate_name
 from api.users.passwords import PasswordHasher
 from api.users.views import Authenticated, SessionRecord, UserView
 
 log = logging.getLogger(__name__)
 
 SESSION_ENDED = "Your session has ended; sign in again."
+NAME_TAKEN = "That name is taken, or looks too much like one that is."
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +47,6 @@ class IssuedSession:
     session: SessionRecord
     cookie_value: str
     expires_at: datetime
-
-
-def normalize_name(name: str) -> str:
-    """The display form of a name: Unicode NFKC (fullwidth letters become ASCII)."""
-    return unicodedata.normalize("NFKC", name)
-
-
-def name_key(name: str) -> str:
-    """The uniqueness key of a name: NFKC, casefolded, NFKC again (casefold can denormalize)."""
-    return unicodedata.normalize("NFKC", normalize_name(name).casefold())
-
-
-def validate_name(name: str) -> str:
-    """Return the normalized name, or raise BadUserInput saying what is wrong."""
-    normalized = normalize_name(name)
-    if not NAME_MIN_LENGTH <= len(normalized) <= NAME_MAX_LENGTH:
-        raise BadUserInput(f"Name must be {NAME_MIN_LENGTH} to {NAME_MAX_LENGTH} characters long.")
-    if not all(ch.isalpha() or ch in "0123456789_.-" for ch in normalized):
-        raise BadUserInput("Name may contain only letters, digits, '_', '.' and '-'.")
-    return normalized
 
 
 def validate_password(password: str) -> None:
@@ -138,14 +118,19 @@ async def sign_up(
     validate_password(password)
     if limiter is not None:
         await limiter.acquire(limiter.limits.sign_up_per_address, address)
-    key = name_key(display_name)
-    if await store.user_by_key(db, key) is not None:
-        raise Conflict("That name is taken.")
+    key, look = name_key(display_name), skeleton(display_name)
+    if await store.name_in_use(db, name_key=key, skeleton_key=look):
+        raise Conflict(NAME_TAKEN)
     password_hash = await hasher.hash(password, iterations=iterations)
     user = UserView(id=uuid.uuid4(), name=display_name, created_at=utcnow())
     session = _new_session(user.id, ttl=ttl, user_agent=user_agent)
     await store.create_user(
-        db, user=user, name_key=key, password_hash=password_hash, session=session
+        db,
+        user=user,
+        name_key=key,
+        skeleton_key=look,
+        password_hash=password_hash,
+        session=session,
     )
     return _issue(user, session, keys=keys)
 

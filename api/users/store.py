@@ -113,6 +113,19 @@ async def user_by_key(db: Database, name_key: str) -> UserView | None:
     return UserView(id=row.id, name=row.name, created_at=row.created_at) if row else None
 
 
+async def name_in_use(db: Database, *, name_key: str, skeleton_key: str) -> bool:
+    """Whether a user has this name key, or a name that looks the same (skeleton)."""
+    async with db.read() as connection:
+        found = (
+            await connection.execute(
+                select(USERS.c.id)
+                .where((USERS.c.name_key == name_key) | (USERS.c.skeleton_key == skeleton_key))
+                .limit(1)
+            )
+        ).first()
+    return found is not None
+
+
 async def account_by_key(db: Database, name_key: str) -> Account | None:
     """The user with this name key and the stored password hash (sign-in only)."""
     async with db.read() as connection:
@@ -144,10 +157,16 @@ def _session_values(session: SessionRecord) -> dict[str, Any]:
 
 
 async def create_user(
-    db: Database, *, user: UserView, name_key: str, password_hash: str, session: SessionRecord
+    db: Database,
+    *,
+    user: UserView,
+    name_key: str,
+    skeleton_key: str,
+    password_hash: str,
+    session: SessionRecord,
 ) -> None:
-    """Insert a user and its first session in one transaction; CONFLICT when the name is taken
-    (the unique index decides between racing sign-ups)."""
+    """Insert a user and its first session in one transaction; CONFLICT when the name (or one
+    that looks the same) is taken: the unique indexes decide between racing sign-ups."""
     try:
         async with db.write() as connection:
             await connection.execute(
@@ -155,13 +174,14 @@ async def create_user(
                     id=user.id,
                     name=user.name,
                     name_key=name_key,
+                    skeleton_key=skeleton_key,
                     password_hash=password_hash,
                     created_at=user.created_at,
                 )
             )
             await connection.execute(SESSIONS.insert().values(**_session_values(session)))
     except IntegrityError as error:
-        raise Conflict("That name is taken.") from error
+        raise Conflict("That name is taken, or looks too much like one that is.") from error
 
 
 async def add_session(

@@ -17,8 +17,13 @@ from sqlalchemy.engine import make_url
 
 from api.chat import service as chat
 from api.core.db import Database, alembic_config
+from api.core.errors import Conflict
 from api.core.pubsub import PubSub
+from api.core.security import derive_keys
 from api.core.tasks import Unfinished
+from api.users import service as users
+from api.users.names import legacy_name_key
+from api.users.passwords import PasswordHasher
 from api.users.views import UserView
 
 OLD_DIRECT_ROOM_NAMESPACE = uuid.UUID("6f1c2a3e-9d7b-5c4e-8a21-3b0f5e7d9c11")
@@ -143,4 +148,48 @@ async def test_a_direct_room_made_before_0004_keeps_its_id_its_place_and_its_his
         assert (sent.room_id, sent.seq) == (old_id, 2)
     finally:
         await pubsub.disconnect()
+        await db.dispose()
+
+
+async def test_accounts_made_before_0006_keep_working_and_block_their_lookalikes(
+    empty_database: str,
+) -> None:
+    await upgrade(empty_database, "0005")
+    # Names the old rules (NFKC, isalpha) accepted: one PRECIS refuses (a Hangul filler
+    # inside), and two that look alike, the Cyrillic one made later.
+    old = [
+        {**user("alice"), "created_at": NOW},
+        {**user("\u0430lice"), "created_at": NOW.replace(hour=13)},
+        {**user("al\u1160ice"), "created_at": NOW},
+    ]
+    for row in old:
+        row["name_key"] = legacy_name_key(str(row["name"]))
+    db = Database(empty_database, pool_size=2)
+    try:
+        async with db.write() as connection:
+            await connection.execute(USERS.insert(), old)
+    finally:
+        await db.dispose()
+
+    await upgrade(empty_database, "head")
+
+    db = Database(empty_database, pool_size=2)
+    await db.start()
+    try:
+        for row in old:
+            found = await users.find_user_by_name(db=db, name=str(row["name"]))
+            assert found is not None and found.id == row["id"], row["name"]
+        keys = derive_keys(b"k" * 32)
+        for lookalike in ("ALICE", "a1ice", "\u04301ice"):
+            with pytest.raises(Conflict):
+                await users.sign_up(
+                    db=db,
+                    hasher=PasswordHasher(pepper=keys.pepper),
+                    keys=keys,
+                    name=lookalike,
+                    password="correct horse battery",
+                    iterations=1000,
+                    ttl=NOW - NOW.replace(hour=11),
+                )
+    finally:
         await db.dispose()

@@ -17,7 +17,7 @@ from api.core.db import Database
 from api.core.security import Keys
 from api.users.cache import SessionCache
 from api.users.models import User, UserSession
-from api.users.service import name_key
+from api.users.names import name_key
 
 SESSION_COOKIE = "session"
 

@@ -92,9 +92,11 @@ async def test_sign_in_with_an_unknown_name_does_the_same_password_work(
     verified_iterations: list[int] = []
     original = security.verify_password
 
-    def recording_verify(password: str, encoded: str, *, pepper: bytes) -> bool:
+    def recording_verify(
+        password: str, encoded: str, *, pepper: bytes, min_iterations: int = 0
+    ) -> bool:
         verified_iterations.append(int(encoded.split("$")[1]))
-        return original(password, encoded, pepper=pepper)
+        return original(password, encoded, pepper=pepper, min_iterations=min_iterations)
 
     monkeypatch.setattr(security, "verify_password", recording_verify)
     await exchange(make_client().http, SIGN_IN, {"name": name, "password": "wrong password"})

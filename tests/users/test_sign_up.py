@@ -221,3 +221,57 @@ async def test_rejected_sign_up_creates_no_account(
     assert error_code(body) == "BAD_USER_INPUT"
     # The name is still free: the rejected attempt left nothing behind.
     await make_client().sign_up(name)
+
+
+# --- PRECIS names and confusables -------------------------------------------------------------
+
+INVISIBLE = {
+    "hangul choseong filler": "\u115f",
+    "hangul jungseong filler": "\u1160",
+    "hangul filler": "\u3164",
+    "halfwidth hangul filler": "\uffa0",
+    "zero width space": "\u200b",
+    "word joiner": "\u2060",
+    "soft hyphen": "\u00ad",
+    "zero width joiner": "\u200d",
+    "mongolian vowel separator": "\u180e",
+    "variation selector 16": "\ufe0f",
+    "tag latin small a": "\U000e0061",
+    "left-to-right mark": "\u200e",
+}
+
+
+@pytest.mark.parametrize("invisible", INVISIBLE.values(), ids=INVISIBLE.keys())
+@pytest.mark.parametrize("where", ["inside", "at the end"])
+async def test_a_name_with_an_invisible_character_is_bad_user_input(
+    client: GraphQLClient, invisible: str, where: str
+) -> None:
+    name = unique_name("inv")
+    name = name[:3] + invisible + name[3:] if where == "inside" else name + invisible
+    _, body = await exchange(client.http, SIGN_UP, {"name": name, "password": PASSWORD})
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "invisible" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "lookalike",
+    [
+        pytest.param(lambda name: "\u0430" + name[1:], id="cyrillic-a"),
+        pytest.param(lambda name: name.replace("l", "1"), id="digit-one-for-l"),
+        pytest.param(lambda name: name.replace("o", "\u03bf"), id="greek-omicron"),
+        pytest.param(lambda name: name.replace("m", "rn"), id="rn-for-m"),
+    ],
+)
+async def test_a_name_that_looks_like_a_taken_one_is_conflict(
+    make_client, lookalike: Callable[[str], str]
+) -> None:
+    name = "al" + "mo" + uuid.uuid4().hex[:8].replace("1", "x").replace("0", "y")
+    await make_client().sign_up(name)
+    impostor = lookalike(name)
+    assert impostor != name
+    _, body = await exchange(make_client().http, SIGN_UP, {"name": impostor, "password": PASSWORD})
+    assert body["errors"][0]["extensions"]["code"] == "CONFLICT", body
+    # The real name still signs in, and the impostor's was never created.
+    assert (await make_client().sign_in(name))["name"] == name
+    _, body = await exchange(make_client().http, SIGN_IN, {"name": impostor, "password": PASSWORD})
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
