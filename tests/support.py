@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import socket
 import sys
 import uuid
@@ -23,6 +24,7 @@ from api.app import create_app
 from api.cli import uvicorn_options
 from api.core.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
 
 SIGN_UP = """
@@ -467,6 +469,10 @@ class ServerProcess(ChildProcess):
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
+        # The code under test, even when the environment's editable install points at another
+        # checkout of the project (a git worktree sharing its virtualenv).
+        path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = {**env, "PYTHONPATH": path}
         super().__init__(
             [str(Path(sys.executable).parent / "chat-backend"), "serve", "--port", str(self.port)],
             "Application startup complete",

@@ -17,7 +17,7 @@ import pytest
 
 from api.core.settings import MIN_SECRET_BYTES, Settings
 from schema import schema
-from tests.support import ME, PASSWORD, SIGN_UP, free_port, unique_name
+from tests.support import ME, PASSWORD, ROOT, SIGN_UP, free_port, unique_name
 
 CHAT_BACKEND = Path(sys.executable).parent / "chat-backend"
 STARTUP_DEADLINE_SECONDS = 60
@@ -36,6 +36,8 @@ def clean_env(**variables: str) -> dict[str, str]:
         if name.lower() not in Settings.model_fields
         and name not in ("CHAT_BACKEND_RUN_MIGRATIONS", "HOST", "PORT")
     }
+    # The code under test, even when the virtualenv's editable install is another checkout's.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(variables)
     return env
 
