@@ -9,6 +9,9 @@ because of four defects (see ARCHITECTURE.md):
 * A dropped broker connection killed the listener task and every subscriber hung forever.
 * Each subscriber's queue was unbounded, so one slow client grew memory without limit.
 
+Publishing has its own connection (RedisPublisher), apart from the listener's: while this
+instance's listener reconnects, what it commits still reaches every other instance.
+
 The cure for lost events is the same everywhere: a subscriber receives `RESYNC`, meaning "you
 may have missed something; read what you missed from the database". PostgreSQL is the source of
 truth, pub/sub only wakes subscribers up.
@@ -19,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -29,7 +34,7 @@ from broadcaster._backends.memory import MemoryBackend
 from broadcaster._backends.redis import RedisBackend
 from broadcaster._base import Event
 from redis import asyncio as aioredis
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 log = logging.getLogger(__name__)
@@ -64,8 +69,13 @@ class HardenedRedisBackend(RedisBackend):
         super().__init__(url)
         # No silent retries inside redis-py: a reconnect it did on its own would drop the
         # messages published meanwhile without telling anyone. We reconnect and resync instead.
+        # This connection only listens: publishing has its own (RedisPublisher).
         self._conn = aioredis.Redis.from_url(
-            url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2, socket_keepalive=True
+            url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2,
+            socket_keepalive=True,
+            client_name=client_name("listener"),
         )
         self._pubsub = self._conn.pubsub()
         self._failure: asyncio.Queue[BaseException] | None = None
@@ -75,13 +85,6 @@ class HardenedRedisBackend(RedisBackend):
         # Wake the listener only once the channel is registered: redis-py 8's listen() returns
         # immediately while nothing is subscribed (the first-subscriber bug).
         self._ready.set()
-
-    async def publish_many(self, messages: list[tuple[str, str]]) -> None:
-        """Publish several messages in one round trip (a pipeline, not a transaction)."""
-        pipeline = self._conn.pipeline(transaction=False)
-        for channel, message in messages:
-            pipeline.publish(channel, message)
-        await pipeline.execute()
 
     def fail(self, error: BaseException) -> None:
         """Make the hub treat this connection as lost (it reconnects and resyncs)."""
@@ -137,6 +140,47 @@ class DirectMemoryBackend(MemoryBackend):
             asyncio.get_running_loop().call_soon(self.deliver, Event(channel, message))
         else:
             await super().publish(channel, message)
+
+
+def client_name(role: str) -> str:
+    """How this process's connections show in Redis's CLIENT LIST."""
+    return f"chat-backend:{os.getpid()}:{role}"
+
+
+class RedisPublisher:
+    """Publishing's own Redis connection, independent of the listener's.
+
+    When the listener's connection drops, publishing goes on: a message committed through
+    this instance still reaches the other instances while this one reconnects its listener.
+    redis-py retries a command whose connection broke (on a fresh connection, with backoff);
+    what still fails is retried in the background by PubSub.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 3),
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            socket_keepalive=True,
+            client_name=client_name("publisher"),
+        )
+
+    async def publish(self, messages: list[tuple[str, str]]) -> None:
+        """Publish in one round trip (a pipeline, not a transaction)."""
+        if len(messages) == 1:
+            await self._client.publish(*messages[0])
+            return
+        pipeline = self._client.pipeline(transaction=False)
+        for channel, message in messages:
+            pipeline.publish(channel, message)
+        await pipeline.execute()
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        except Exception as error:  # noqa: BLE001 - closing a dead connection may fail
+            log.debug("closing the redis publisher: %s", error)
 
 
 def create_backend(url: str) -> BroadcastBackend:
@@ -221,6 +265,8 @@ class PubSub:
         # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
         self._changed = asyncio.Event()
         self._retries: set[asyncio.Task[None]] = set()
+        # On Redis, publishing has its own connection; in memory it goes through the backend.
+        self._publisher: RedisPublisher | None = None
 
     @property
     def channel_count(self) -> int:
@@ -272,6 +318,8 @@ class PubSub:
     async def connect(self) -> None:
         """Connect to the broker and start the listener (and its watchdog)."""
         self._backend = self._create_backend()
+        if isinstance(self._backend, HardenedRedisBackend):
+            self._publisher = RedisPublisher(self.url)
         try:
             await self._backend.connect()
             self._connected.set()
@@ -292,39 +340,38 @@ class PubSub:
                 subscription.close()
         if self._backend is not None:
             await self._backend.disconnect()
+        if self._publisher is not None:
+            await self._publisher.close()
 
     async def publish(self, channel: str, message: str) -> bool:
-        """Publish; False when the broker is unreachable (subscribers resync when it returns)."""
-        backend = self._backend
-        if backend is None or not self._connected.is_set():
-            return False
-        try:
-            await backend.publish(channel, message)
-        except Exception as error:  # noqa: BLE001 - retried below; RESYNC covers the rest
-            log.warning("publish to %s failed (%s); retrying in the background", channel, error)
-            self._retry_later(channel, message)
-            return False
-        return True
+        """Publish; False when it failed (it is then retried in the background)."""
+        return await self.publish_many([(channel, message)])
 
     async def publish_many(self, messages: list[tuple[str, str]]) -> bool:
         """Publish several messages, in one broker round trip where the broker allows it;
-        False when the broker is unreachable (failed ones are retried in the background)."""
-        backend = self._backend
-        if not isinstance(backend, HardenedRedisBackend):
-            published = True
-            for channel, message in messages:
-                published = await self.publish(channel, message) and published
-            return published
-        if not self._connected.is_set():
-            return False
+        False when that failed (each is then retried in the background).
+
+        Publishing does not wait for the listener: its connection may be down and
+        reconnecting while the broker itself is fine for everyone else.
+        """
         try:
-            await backend.publish_many(messages)
+            await self._send(messages)
         except Exception as error:  # noqa: BLE001 - retried below; RESYNC covers the rest
             log.warning("publish failed (%s); retrying in the background", error)
             for channel, message in messages:
                 self._retry_later(channel, message)
             return False
         return True
+
+    async def _send(self, messages: list[tuple[str, str]]) -> None:
+        if self._publisher is not None:
+            await self._publisher.publish(messages)
+            return
+        backend = self._backend
+        if backend is None:
+            raise ConnectionError("pub/sub is not connected")
+        for channel, message in messages:
+            await backend.publish(channel, message)
 
     def _retry_later(self, channel: str, message: str) -> None:
         # Other instances' listeners may be healthy and never resync: without a retry their
@@ -340,13 +387,11 @@ class PubSub:
         delay = self.reconnect_delay
         deadline = asyncio.get_running_loop().time() + _RETRY_FOR_SECONDS
         while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(delay)
+            # Jittered, so the retries of many sends do not arrive at the broker together.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - not crypto
             delay = min(delay * 2, 5.0)
-            backend = self._backend
-            if backend is None or not self._connected.is_set():
-                continue
             try:
-                await backend.publish(channel, message)
+                await self._send([(channel, message)])
             except Exception as error:  # noqa: BLE001 - try again until the deadline
                 log.debug("publish retry to %s failed: %s", channel, error)
                 continue

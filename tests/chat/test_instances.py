@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis_client
 
 from tests.conftest import TEST_ITERATIONS, TEST_SECRET, make_settings
 from tests.support import (
@@ -170,3 +171,80 @@ async def test_a_subscriber_fills_the_gap_from_the_database_after_a_redis_outage
         assert_exactly_once_in_order(await asyncio.wait_for(watcher, 60), 2, 31)
         await alice.aclose()
         await bob.aclose()
+
+
+async def subscriber_connections(control: redis_client.Redis) -> set[int]:
+    """The ids of the Redis connections that listen to channels (one per server process)."""
+    clients = await control.client_list()
+    return {int(c["id"]) for c in clients if int(c.get("sub", 0)) or int(c.get("psub", 0))}
+
+
+async def until_subscriber_connections(control: redis_client.Redis, count: int) -> set[int]:
+    """The listening connections, once there are `count` of them. Another process's state in
+    Redis gives nothing to await: this polls."""
+    async with asyncio.timeout(10):
+        while len(found := await subscriber_connections(control)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    return found
+
+
+@needs_redis
+@pytest.mark.slow
+async def test_a_message_sent_through_an_instance_whose_listener_is_down_reaches_the_others(
+    redis: RedisServer, database_url: str, tmp_path: Path
+) -> None:
+    control = redis_client.Redis.from_url(redis.url)
+    env = instance_env(database_url, redis.url, tmp_path)
+    deaf, other = ServerProcess(env), ServerProcess(env)
+    try:
+        # Started one after the other, so each one's listening connection is known.
+        await other.start()
+        others_listener = await until_subscriber_connections(control, 1)
+        await deaf.start()
+        await until_subscriber_connections(control, 2)
+        alice, bob, room_id, first = await make_pair(deaf.url)
+        bob_on_other = GraphQLClient(other.url)
+        await bob_on_other.sign_in(bob.user["name"])  # type: ignore[index]
+        async with GraphQLWebSocket.connect(
+            other.ws_url, cookie=bob_on_other.session_cookie
+        ) as socket:
+            follow = await socket.subscribe(
+                MESSAGE_ADDED, {"roomId": room_id, "after": first["cursor"]}
+            )
+            warm_up = await send(alice, room_id, "warm-up")
+            assert (await follow.data())["messageAdded"]["seq"] == warm_up["seq"]
+
+            # From now on the sending instance's listening connection is cut, and cut again as
+            # soon as it reconnects; nothing else of it, and nothing of the other instance.
+            killed = 0
+
+            async def kill_the_deaf_listener() -> None:
+                nonlocal killed
+                for client_id in await subscriber_connections(control) - others_listener:
+                    await control.client_kill_filter(_id=str(client_id))
+                    killed += 1
+
+            await kill_the_deaf_listener()
+            assert killed == 1
+            stop = asyncio.Event()
+
+            async def keep_killing() -> None:
+                while not stop.is_set():
+                    await kill_the_deaf_listener()
+
+            killer = asyncio.create_task(keep_killing())
+            try:
+                sent = [await send(alice, room_id, f"while deaf {i}") for i in range(20)]
+            finally:
+                stop.set()
+                await killer
+            assert killed > 1  # it did reconnect, and was cut again
+            # Every message reaches the other instance's subscriber within 2 s, with no later
+            # message sent to reveal a gap.
+            received = [(await follow.data(timeout=2))["messageAdded"]["seq"] for _ in sent]
+            assert received == [message["seq"] for message in sent]
+        for client in (alice, bob, bob_on_other):
+            await client.aclose()
+    finally:
+        await asyncio.gather(deaf.stop(), other.stop())
+        await control.aclose()
