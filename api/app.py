@@ -89,6 +89,7 @@ def _build_state(
         sessions=SessionCache(ttl=settings.session_cache_ttl),
         directory=UserDirectory(),
         unfinished=Unfinished(),
+        session_watch=users.SessionWatch(db=db, verify_for=settings.session_verify_timeout),
     )
     state.documents = Documents(
         view.schema._schema,
@@ -147,10 +148,22 @@ def create_app(
         )
         state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
         state.hub.start()
-        session_notices = asyncio.create_task(
-            users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
-            name="session-notices",
-        )
+        background = [
+            asyncio.create_task(
+                users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
+                name="session-notices",
+            ),
+            asyncio.create_task(state.session_watch.run(), name="session-watch"),
+            asyncio.create_task(
+                users.purge_sessions_forever(
+                    db=db,
+                    pubsub=pubsub,
+                    interval=settings.session_purge_interval,
+                    done=state.sessions_purged,
+                ),
+                name="session-purge",
+            ),
+        ]
         # Everything alive now (modules, schema, pools) lives as long as the process: move it
         # out of the collector's generations, so full collections scan only per-socket state.
         gc.collect()
@@ -165,7 +178,7 @@ def create_app(
             # Sends already committed are published before pub/sub goes away.
             await state.unfinished.drain()
             await state.hub.stop()
-            for task in (session_notices, collector):
+            for task in [*background, collector]:
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from api.core.db import Database
@@ -13,6 +14,7 @@ from api.core.settings import Settings
 from api.core.tasks import Unfinished
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
+from api.users.service import SessionWatch
 
 
 @dataclass(slots=True)
@@ -29,6 +31,7 @@ class AppState:
     sessions: SessionCache
     directory: UserDirectory
     unfinished: Unfinished
+    session_watch: SessionWatch
     # The GraphQL layer's prepared-document cache (schema.documents.Documents); typed loosely
     # because api/ never imports schema/.
     documents: Any = None
@@ -36,3 +39,5 @@ class AppState:
     hub: Any = None
     # Compiled result plans (schema.execution.Plans), likewise.
     plans: Any = None
+    # Set after each purge of ended sessions (for whoever waits on one).
+    sessions_purged: asyncio.Event = field(default_factory=asyncio.Event)

@@ -28,9 +28,10 @@ from schema.ws import LegacyWSHandler, TransportWSHandler
 
 log = logging.getLogger(__name__)
 
-# Close code for a socket whose session was signed out or expired. In the 4400-4499 range that
-# graphql-ws clients treat as fatal (no blind retry): the client signs in (or refreshes),
-# reconnects and resubscribes from its last cursor.
+# Close code for a socket whose session was signed out or expired (or can no longer be
+# verified: the database has been unreachable for SESSION_VERIFY_TIMEOUT). In the 4400-4499
+# range that graphql-ws clients treat as fatal (no blind retry): the client signs in (or
+# refreshes), reconnects and resubscribes from its last cursor.
 SESSION_ENDED_CLOSE_CODE = 4401
 _WATCHERS = "chat.session_watchers"
 
@@ -105,7 +106,11 @@ class ChatGraphQL(GraphQL[Context, None]):
         auth = await context.require_auth()
         state = context.state
         reason = await users.wait_for_session_end(
-            db=state.db, pubsub=state.pubsub, session_id=auth.session.id
+            db=state.db,
+            pubsub=state.pubsub,
+            session_id=auth.session.id,
+            watch=state.session_watch,
+            verify_for=state.settings.session_verify_timeout,
         )
         if reason == "closed" or websocket.application_state != WebSocketState.CONNECTED:
             return

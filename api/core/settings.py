@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # Sign-out and refresh reach every instance's cache at once through pub/sub; this bounds
     # how long a lost notice could matter.
     session_cache_ttl: float = Field(default=5.0, ge=0, le=5)
+    # A socket whose session cannot be verified this long (database unreachable) is closed.
+    session_verify_timeout: float = Field(default=30.0, gt=0)
+    # How often revoked and expired sessions are deleted (and their sockets closed).
+    session_purge_interval: float = Field(default=3600.0, gt=0)
 
     # Abuse limits; 0 turns a limit off. Rates read "N/<seconds>s", several separated by ",".
     rate_limit_messages: str = "30/10s,300/300s"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from api.core import security
 from api.core.db import Database, utcnow
@@ -395,26 +397,242 @@ async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[Sess
     return list(await store.active_sessions(db, user_id=user_id, now=utcnow()))
 
 
-async def wait_for_session_end(*, db: Database, pubsub: PubSub, session_id: uuid.UUID) -> str:
-    """Return "revoked" or "expired" once the session ends (a refresh moves the deadline)."""
-    async with pubsub.subscribe(session_channel(session_id)) as signals:
-        # Read after subscribing, so a sign-out in between is not missed.
-        deadline = await store.session_deadline(db, session_id=session_id)
-        events = aiter(signals)
+# A socket's session is verified again when there is a reason: a refresh, a broker reconnect
+# (notices may have been lost), and periodically by the SessionWatch of the process. Reads that
+# fail are retried with backoff and jitter; a session that cannot be verified for
+# SESSION_VERIFY_TIMEOUT seconds ends the socket ("unverifiable").
+READ_TIMEOUT = 5.0
+RETRY_FIRST = 0.2
+RETRY_MAX = 5.0
+# After a broker reconnect every socket of the process re-reads its session at once: spread
+# over this many seconds, the reads do not all queue for the pool together.
+RESYNC_SPREAD = 2.0
+UNVERIFIABLE = "unverifiable"
+
+
+def _retry_delay(failures: int) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1)))  # noqa: S311
+
+
+class _Watched:
+    """One socket's view of its session: the deadline last read and when it was read."""
+
+    __slots__ = ("changed", "deadline", "session_id", "verified_at")
+
+    def __init__(self, session_id: uuid.UUID, verified_at: float) -> None:
+        self.session_id = session_id
+        self.deadline: datetime | None = None
+        self.verified_at = verified_at
+        self.changed = asyncio.Event()
+
+    def verified(self, deadline: datetime | None, at: float) -> None:
+        self.deadline = deadline
+        self.verified_at = at
+        self.changed.set()
+
+
+class SessionWatch:
+    """The sessions of every socket of this process, verified together: one query per
+    interval for all of them (built and run by the app's lifespan).
+
+    Without it a socket's session would only be read again on a notice; with the database
+    down, nothing would notice that it can no longer be verified, and a lost sign-out notice
+    would never be made up for.
+    """
+
+    def __init__(self, *, db: Database, verify_for: float, interval: float | None = None) -> None:
+        self.db = db
+        self.verify_for = verify_for
+        self.interval = interval if interval is not None else max(verify_for / 3, 0.2)
+        self._watched: dict[uuid.UUID, set[_Watched]] = {}
+
+    def add(self, watched: _Watched) -> None:
+        self._watched.setdefault(watched.session_id, set()).add(watched)
+
+    def discard(self, watched: _Watched) -> None:
+        same = self._watched.get(watched.session_id)
+        if same is not None:
+            same.discard(watched)
+            if not same:
+                del self._watched[watched.session_id]
+
+    async def run(self) -> None:
+        """Verify every watched session each interval, until cancelled."""
+        loop = asyncio.get_running_loop()
+        failures = 0
         while True:
-            if deadline is None:
-                return "revoked"
-            remaining = (deadline - utcnow()).total_seconds()
-            if remaining <= 0:
-                return "expired"
+            delay = self.interval if not failures else min(self.interval, _retry_delay(failures))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.0))  # noqa: S311 - not crypto
+            ids = list(self._watched)
             try:
-                async with asyncio.timeout(remaining):
-                    signal = await anext(events)
-            except TimeoutError:
+                deadlines: dict[uuid.UUID, datetime] = {}
+                for start in range(0, len(ids), 1000):
+                    async with asyncio.timeout(READ_TIMEOUT):
+                        deadlines |= await store.session_deadlines(
+                            self.db, session_ids=ids[start : start + 1000]
+                        )
+            except Exception as error:  # noqa: BLE001 - retried; sockets close past the limit
+                failures += 1
+                log.warning("cannot verify the sockets' sessions (%s); retrying", error)
                 continue
-            except StopAsyncIteration:
-                return "closed"
-            if signal == SESSION_REVOKED:
-                deadline = None
-            elif signal in (SESSION_REFRESHED, RESYNC):
-                deadline = await store.session_deadline(db, session_id=session_id)
+            failures = 0
+            now = loop.time()
+            for session_id in ids:
+                for watched in list(self._watched.get(session_id, ())):
+                    watched.verified(deadlines.get(session_id), now)
+
+
+class _Watcher:
+    """What one socket knows of its session, and when it must look again."""
+
+    def __init__(
+        self, *, db: Database, session_id: uuid.UUID, watch: SessionWatch | None, verify_for: float
+    ) -> None:
+        self.db = db
+        self.loop = asyncio.get_running_loop()
+        self.watched = _Watched(session_id, verified_at=self.loop.time())
+        self.watch = watch
+        self.verify_for = verify_for
+        # Read first thing (after subscribing, so a sign-out in between is not missed).
+        self.read_at: float | None = self.loop.time()
+        self.failures = 0
+        self.known = False
+
+    @property
+    def doubted(self) -> bool:
+        # With a SessionWatch the session is verified all the time; without one, only while
+        # a read is pending.
+        return self.read_at is not None or self.watch is not None
+
+    async def read_if_due(self) -> None:
+        if self.read_at is None or self.loop.time() < self.read_at:
+            return
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                deadline = await store.session_deadline(self.db, session_id=self.watched.session_id)
+        except Exception as error:  # noqa: BLE001 - retried with backoff and jitter
+            self.failures += 1
+            self.read_at = self.loop.time() + _retry_delay(self.failures)
+            log.info("cannot read session %s (%s); retrying", self.watched.session_id, error)
+            return
+        self.watched.verified(deadline, self.loop.time())
+        self.failures, self.read_at = 0, None
+
+    def verdict(self) -> str | None:
+        """Why the socket must close now, if it must."""
+        if self.watched.changed.is_set():
+            self.watched.changed.clear()
+            self.known = True
+        if self.known and self.watched.deadline is None:
+            return "revoked"
+        if self.doubted and self.loop.time() - self.watched.verified_at >= self.verify_for:
+            return UNVERIFIABLE
+        deadline = self.watched.deadline
+        if self.read_at is None and deadline is not None and deadline <= utcnow():
+            return "expired"
+        return None
+
+    def wait(self) -> float | None:
+        """How long to wait for a signal before looking again (None: as long as it takes)."""
+        waits = []
+        if self.doubted:
+            waits.append(self.watched.verified_at + self.verify_for - self.loop.time())
+        if self.read_at is not None:
+            waits.append(self.read_at - self.loop.time())
+        elif self.watched.deadline is not None:
+            waits.append((self.watched.deadline - utcnow()).total_seconds())
+        return max(0.0, min(waits)) if waits else None
+
+    def heard(self, signal: object) -> str | None:
+        """Take a signal of the session's channel; the verdict it gives, if any."""
+        if signal is _ENDED:
+            return "closed"
+        if signal == SESSION_REVOKED:
+            return "revoked"
+        if signal == SESSION_REFRESHED:
+            self.read_at = self.loop.time()
+        elif signal is RESYNC:
+            # Every socket of the process hears this at once: spread the reads.
+            spread = self.loop.time() + random.uniform(0, RESYNC_SPREAD)  # noqa: S311
+            self.read_at = spread if self.read_at is None else min(self.read_at, spread)
+        return None
+
+
+async def wait_for_session_end(
+    *,
+    db: Database,
+    pubsub: PubSub,
+    session_id: uuid.UUID,
+    watch: SessionWatch | None = None,
+    verify_for: float = 30.0,
+) -> str:
+    """Return "revoked", "expired" or "unverifiable" once the session ends or can no longer
+    be verified ("closed" when pub/sub went away first). A refresh moves the deadline."""
+    watcher = _Watcher(db=db, session_id=session_id, watch=watch, verify_for=verify_for)
+    async with pubsub.subscribe(session_channel(session_id)) as signals:
+        events = aiter(signals)
+        signal: asyncio.Future[Any] | None = None
+        changed: asyncio.Future[Any] | None = None
+        if watch is not None:
+            watch.add(watcher.watched)
+        try:
+            while True:
+                await watcher.read_if_due()
+                verdict = watcher.verdict()
+                if verdict is not None:
+                    return verdict
+                signal = signal or asyncio.ensure_future(anext(events, _ENDED))
+                changed = changed or asyncio.ensure_future(watcher.watched.changed.wait())
+                waiting: set[asyncio.Future[Any]] = {signal, changed}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=watcher.wait(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if changed in done:
+                    changed = None
+                if signal in done:
+                    verdict = watcher.heard(signal.result())
+                    signal = None
+                    if verdict is not None:
+                        return verdict
+        finally:
+            if watch is not None:
+                watch.discard(watcher.watched)
+            for task in (signal, changed):
+                if task is not None:
+                    task.cancel()
+
+
+_ENDED = object()
+
+
+async def purge_ended_sessions(*, db: Database, pubsub: PubSub | None = None) -> int:
+    """Delete revoked and expired sessions, and close their sockets on every instance; how
+    many were deleted."""
+    ended = await store.delete_ended_sessions(db, now=utcnow())
+    if pubsub is not None:
+        for start in range(0, len(ended), 500):
+            chunk = ended[start : start + 500]
+            await pubsub.publish_many(
+                [(session_channel(session_id), SESSION_REVOKED) for session_id in chunk]
+                + [(SESSIONS_CHANNEL, str(session_id)) for session_id in chunk]
+            )
+    return len(ended)
+
+
+async def purge_sessions_forever(
+    *, db: Database, pubsub: PubSub | None, interval: float, done: asyncio.Event | None = None
+) -> None:
+    """Purge ended sessions every `interval` seconds until cancelled (the lifespan runs it);
+    `done` is set after each purge."""
+    while True:
+        await asyncio.sleep(interval * random.uniform(0.9, 1.0))  # noqa: S311 - not crypto
+        try:
+            purged = await purge_ended_sessions(db=db, pubsub=pubsub)
+        except Exception as error:  # noqa: BLE001 - the next round tries again
+            log.warning("purging ended sessions failed: %s", error)
+            continue
+        if purged:
+            log.info("purged %d ended sessions", purged)
+        if done is not None:
+            done.set()

@@ -262,3 +262,41 @@ async def session_deadline(db: Database, *, session_id: uuid.UUID) -> datetime |
         return None
     expires_at: datetime = row.expires_at
     return expires_at
+
+
+_LIVE_DEADLINES = """
+SELECT id, expires_at FROM user_sessions WHERE id = ANY($1::uuid[]) AND revoked_at IS NULL
+"""
+
+
+async def session_deadlines(
+    db: Database, *, session_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    """The expiry of each of these sessions that is not revoked (revoked or gone: absent)."""
+    if not session_ids:
+        return {}
+    if db.pg is not None:
+        records = await db.pg.fetch(_LIVE_DEADLINES, list(session_ids))
+        return {record["id"]: record["expires_at"] for record in records}
+    async with db.read() as connection:
+        rows = (
+            await connection.execute(
+                select(SESSIONS.c.id, SESSIONS.c.expires_at).where(
+                    SESSIONS.c.id.in_(list(session_ids)), SESSIONS.c.revoked_at.is_(None)
+                )
+            )
+        ).all()
+    return {row.id: row.expires_at for row in rows}
+
+
+async def delete_ended_sessions(db: Database, *, now: datetime) -> list[uuid.UUID]:
+    """Delete every revoked or expired session; their ids."""
+    async with db.write() as connection:
+        rows = (
+            await connection.execute(
+                SESSIONS.delete()
+                .where(SESSIONS.c.revoked_at.is_not(None) | (SESSIONS.c.expires_at <= now))
+                .returning(SESSIONS.c.id)
+            )
+        ).all()
+    return [row.id for row in rows]

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
-from collections.abc import AsyncIterator
-from datetime import timedelta
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from api.core.db import Database, utcnow
+from api.core.errors import ServiceUnavailable
+from api.users import store as users_store
+from api.users.store import SESSIONS
 from schema.view import SESSION_ENDED_CLOSE_CODE
 from tests.conftest import make_settings
+from tests.security.test_faults import TcpProxy
 from tests.support import (
     INBOX,
     ME,
@@ -22,6 +32,7 @@ from tests.support import (
     RunningServer,
     WSClosed,
     running_server,
+    wait_for_subscriber_total,
 )
 
 REFRESH = "mutation { refreshToken { expiresAt } }"
@@ -130,3 +141,166 @@ async def test_signing_out_on_one_instance_closes_the_sessions_socket_on_another
             closed = await closed_within(socket, 1.0)
         assert closed.code == SESSION_ENDED_CLOSE_CODE
         await on_first.aclose()
+
+
+# --- the watcher survives database errors -------------------------------------------------------
+
+
+async def test_a_socket_whose_first_session_read_fails_still_closes_on_sign_out(
+    server: RunningServer, make_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = asyncio.Event()
+    real_read = users_store.session_deadline
+
+    async def fails_once(db: Database, *, session_id: uuid.UUID) -> datetime | None:
+        if not failed.is_set():
+            failed.set()
+            raise ServiceUnavailable()
+        return await real_read(db, session_id=session_id)
+
+    monkeypatch.setattr(users_store, "session_deadline", fails_once)
+    client: GraphQLClient = make_client()
+    await client.sign_up()
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=client.session_cookie) as socket:
+        await socket.subscribe(INBOX)
+        await asyncio.wait_for(failed.wait(), 5)
+        await client.data(SIGN_OUT)
+        closed = await closed_within(socket, 1.0)
+    assert closed.code == SESSION_ENDED_CLOSE_CODE
+
+
+@pytest.fixture
+async def database_outage(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """A database URL for a server, and how to make that database unreachable: a TCP proxy
+    cut in front of PostgreSQL; on SQLite (a file, nothing to cut) the session reads fail
+    the way they do when PostgreSQL is unreachable."""
+    if not database_url.startswith("postgresql"):
+
+        async def unreachable(*_: object, **__: object) -> NoReturn:
+            raise ServiceUnavailable()
+
+        async def fail_reads() -> None:
+            monkeypatch.setattr(users_store, "session_deadline", unreachable)
+            monkeypatch.setattr(users_store, "session_deadlines", unreachable)
+
+        yield database_url, fail_reads
+        return
+    url = make_url(database_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    yield (
+        url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False),
+        proxy.cut,
+    )
+    await proxy.cut()
+
+
+async def test_sockets_close_when_their_sessions_cannot_be_verified_for_the_limit(
+    database_outage: tuple[str, Callable[[], Awaitable[None]]],
+    broadcast_url: str,
+    data_dir: Path,
+) -> None:
+    url, stop_database = database_outage
+    settings = make_settings(url, broadcast_url, data_dir, session_verify_timeout=1.0)
+    async with running_server(settings, run_migrations=False) as short_leash:
+        clients = [GraphQLClient(short_leash.url) for _ in range(3)]
+        for client in clients:
+            await client.sign_up()
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [
+                await stack.enter_async_context(
+                    GraphQLWebSocket.connect(short_leash.ws_url, cookie=client.session_cookie)
+                )
+                for client in clients
+            ]
+            for socket in sockets:
+                await socket.subscribe(INBOX)
+            # While the database answers, the limit passes and passes again: nothing closes.
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(sockets[0].closed), 2.5)
+            await stop_database()
+            for socket in sockets:
+                closed = await closed_within(socket, 5.0)
+                assert closed.code == SESSION_ENDED_CLOSE_CODE
+                assert closed.reason == "session unverifiable"
+        for client in clients:
+            await client.aclose()
+
+
+async def test_after_a_broker_reconnect_the_sockets_reread_their_sessions_spread_out(
+    server: RunningServer, make_client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = 20
+    reads: list[float] = []
+    all_read = asyncio.Event()
+    real_read = users_store.session_deadline
+    loop = asyncio.get_running_loop()
+
+    async def timed(db: Database, *, session_id: uuid.UUID) -> datetime | None:
+        reads.append(loop.time())
+        if len(reads) == count:
+            all_read.set()
+        return await real_read(db, session_id=session_id)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(count):
+            client: GraphQLClient = make_client()
+            await client.sign_up()
+            socket = await stack.enter_async_context(
+                GraphQLWebSocket.connect(server.ws_url, cookie=client.session_cookie)
+            )
+            await socket.subscribe(INBOX)
+        await wait_for_subscriber_total(server, 2 * count)  # a watcher and an inbox each
+        monkeypatch.setattr(users_store, "session_deadline", timed)
+        # What a broker reconnect tells every subscriber: notices may have been lost.
+        server.app.state.chat.pubsub._resync_all()
+        await asyncio.wait_for(all_read.wait(), 5)
+    # Spread over the RESYNC window, not all at once.
+    assert max(reads) - min(reads) >= 0.5, sorted(r - min(reads) for r in reads)
+
+
+# --- purging ended sessions ---------------------------------------------------------------------
+
+
+async def test_revoked_and_expired_sessions_are_purged_and_their_sockets_closed(
+    database_url: str, broadcast_url: str, data_dir: Path
+) -> None:
+    settings = make_settings(database_url, broadcast_url, data_dir, session_purge_interval=0.3)
+    db = Database(database_url, pool_size=2)
+    async with running_server(settings, run_migrations=False) as purging:
+        laptop, phone = GraphQLClient(purging.url), GraphQLClient(purging.url)
+        user = await laptop.sign_up()
+        await phone.sign_in(user["name"])
+        [revoked, expired] = [await session_id_of(c, purging) for c in (laptop, phone)]
+        async with GraphQLWebSocket.connect(purging.ws_url, cookie=laptop.session_cookie) as socket:
+            await socket.subscribe(INBOX)
+            # Ended behind the server's back (a lost notice): only the purge can tell the socket.
+            async with db.write() as connection:
+                await connection.execute(
+                    SESSIONS.update().where(SESSIONS.c.id == revoked).values(revoked_at=utcnow())
+                )
+                await connection.execute(
+                    SESSIONS.update()
+                    .where(SESSIONS.c.id == expired)
+                    .values(expires_at=utcnow() - timedelta(minutes=1))
+                )
+            closed = await closed_within(socket, 5.0)
+        assert closed.code == SESSION_ENDED_CLOSE_CODE
+        async with db.read() as connection:
+            left = (
+                await connection.execute(
+                    sa.select(SESSIONS.c.id).where(SESSIONS.c.id.in_([revoked, expired]))
+                )
+            ).all()
+        assert left == []
+        for client in (laptop, phone):
+            await client.aclose()
+    await db.dispose()
+
+
+async def session_id_of(client: GraphQLClient, server: RunningServer) -> uuid.UUID:
+    data = await client.data("query { sessions { id current } }")
+    [current] = [s for s in data["sessions"] if s["current"]]
+    return uuid.UUID(current["id"])
