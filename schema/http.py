@@ -291,9 +291,12 @@ class GraphQLHTTPEndpoint:
         assert isinstance(result, ExecutionResult)
         if result.errors:
             if result.data is None and all(
-                error.path is None and error.original_error is None for error in result.errors
+                error.path is None
+                and (error.original_error is None or isinstance(error.original_error, GraphQLError))
+                for error in result.errors
             ):
-                # Variable coercion failed: the operation never ran.
+                # Variable coercion failed (graphql-core wraps the scalar's own GraphQLError):
+                # the operation never ran. Errors of fields that ran always have a path.
                 format_errors(result.errors)
                 return _RequestError(result.errors, status=200)
             format_errors(result.errors)
