@@ -102,6 +102,12 @@ async def bulk_load_messages(
             base + timedelta(microseconds=last_seq),
             room,
         )
+        # Each member's copy of the room's last activity (the room list's order).
+        await conn.execute(
+            "UPDATE room_members SET last_activity_at = $1 WHERE room_id = $2",
+            base + timedelta(microseconds=last_seq),
+            room,
+        )
         await conn.execute("ANALYZE rooms")
         await conn.execute("ANALYZE room_members")
         await conn.execute("ANALYZE users")
@@ -279,6 +285,10 @@ def _seed_sqlite(path: str, room_id: str, first_seq: int, count: int, size: int)
         con.execute(
             "UPDATE rooms SET last_seq = ?, last_activity_at = ? WHERE id = ?",
             (last_seq, created_raw, room_raw),
+        )
+        con.execute(
+            "UPDATE room_members SET last_activity_at = ? WHERE room_id = ?",
+            (created_raw, room_raw),
         )
         con.execute("ANALYZE")
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
