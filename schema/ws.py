@@ -1,10 +1,10 @@
 """strawberry's WebSocket protocol handlers, wired to the delivery hub.
 
-strawberry still runs each operation (parsing, validation, the subscription resolver, errors and
-`complete`); what changes is how results reach the socket. Before the task of a subscribe
-message starts, the handler sets `current_operation` (a ContextVar, which the task inherits) to
-the operation's id, document, variables and socket, so the resolver can hand the whole stream to
-the hub, which writes each result frame itself.
+The subscriptions the hub serves on its own (schema.subscriptions) are handed over without a
+strawberry operation. Everything else runs through strawberry as before: for a subscription,
+the handler sets `current_operation` (a ContextVar, which the operation's task inherits) to the
+operation's id, document, variables and socket, so its resolver can hand the stream to the hub,
+which writes each result frame itself.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from starlette.websockets import WebSocket
+from graphql import GraphQLError
 from strawberry.http.exceptions import (
     NonJsonMessageReceived,
     NonTextMessageReceived,
@@ -24,30 +24,9 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from api.core.websocket import SCOPE_KEY, ChatWebSocketProtocol
 from schema.context import Context
-from schema.hub import LEGACY_WS, TRANSPORT_WS, Operation, Socket, current_operation
-
-
-def _socket(handler: Any, protocol: str) -> Socket | None:
-    """The hub's view of this connection, made on its first subscription."""
-    socket: Socket | None = getattr(handler, "_hub_socket", None)
-    if socket is None:
-        context: Context = handler.context
-        hub = context.state.hub
-        if hub is None:
-            return None
-        websocket: WebSocket = handler.websocket.ws
-        transport = websocket.scope.get("extensions", {}).get(SCOPE_KEY)
-        socket = Socket(
-            hub,
-            protocol=protocol,
-            transport=transport if isinstance(transport, ChatWebSocketProtocol) else None,
-            fallback=websocket.send_text,
-        )
-        handler._hub_socket = socket
-    return socket
-
+from schema.hub import LEGACY_WS, TRANSPORT_WS, Operation, current_operation
+from schema.subscriptions import HubOperations, hub_operation
 
 # Close codes shared by both protocols (graphql-transport-ws defines them; the legacy protocol
 # has none of its own, and clients treat 4400-4499 as "do not retry blindly").
@@ -94,25 +73,6 @@ def _invalid_operation(kind: str, payload: Any) -> str | None:
     return None
 
 
-def _operation(handler: Any, protocol: str, message: Any) -> Operation | None:
-    socket = _socket(handler, protocol)
-    payload = message.get("payload") if isinstance(message, dict) else None
-    if socket is None or not isinstance(payload, dict):
-        return None
-    operation_id, query = message.get("id"), payload.get("query")
-    variables, name = payload.get("variables"), payload.get("operationName")
-    if not isinstance(operation_id, str) or not isinstance(query, str):
-        return None
-    return Operation(
-        id=operation_id,
-        query=query,
-        variables=variables if isinstance(variables, dict) else None,
-        operation_name=name if isinstance(name, str) else None,
-        socket=socket,
-        context=handler.context,
-    )
-
-
 class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws (the graphql-ws library's protocol)."""
 
@@ -123,20 +83,46 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             return
         await super().handle_message(message)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub_operations = HubOperations(self, TRANSPORT_WS)
+
     async def handle_subscribe(self, message: Any) -> None:
-        token = current_operation.set(_operation(self, TRANSPORT_WS, message))
+        if self.connection_acknowledged:
+            operation = self.hub_operations.take(message)
+            if operation is not None:
+                await self._subscribe_hub(operation)
+                return
+        token = current_operation.set(hub_operation(self, TRANSPORT_WS, message))
         try:
             await super().handle_subscribe(message)
         finally:
             current_operation.reset(token)
 
+    async def _subscribe_hub(self, operation: Operation) -> None:
+        # strawberry's rules for a subscribe message, counting both kinds of operation.
+        if operation.id in self.operations or operation.id in self.hub_operations:
+            reason = f"Subscriber for {operation.id} already exists"
+            await self.websocket.close(code=4409, reason=reason)
+            return
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.operations) + len(self.hub_operations) >= limit:
+            error = GraphQLError("Subscription limit reached")
+            await self.websocket.send_json(
+                {"id": operation.id, "type": "error", "payload": [error.formatted]}
+            )
+            return
+        self.hub_operations.start(operation)
+
+    async def handle_complete(self, message: Any) -> None:
+        if not await self.hub_operations.stop(message["id"]):
+            await super().handle_complete(message)
+
     async def shutdown(self) -> None:
         try:
             await super().shutdown()
         finally:
-            socket: Socket | None = getattr(self, "_hub_socket", None)
-            if socket is not None:
-                socket.close()
+            await self.hub_operations.close()
 
 
 class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
@@ -189,6 +175,10 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
             return
         await super().handle_message(message)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub_operations = HubOperations(self, LEGACY_WS)
+
     async def handle_connection_init(self, message: Any) -> None:
         if self._init_received:
             await self._close(TOO_MANY_INITS, "Too many initialisation requests")
@@ -199,16 +189,39 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         await super().handle_connection_init(message)
 
     async def handle_start(self, message: Any) -> None:
-        token = current_operation.set(_operation(self, LEGACY_WS, message))
+        if self.connection_acknowledged:
+            operation = self.hub_operations.take(message)
+            if operation is not None:
+                await self._start_hub(operation)
+                return
+        token = current_operation.set(hub_operation(self, LEGACY_WS, message))
         try:
             await super().handle_start(message)
         finally:
             current_operation.reset(token)
 
+    async def _start_hub(self, operation: Operation) -> None:
+        # As strawberry's handle_start: a repeated id replaces the earlier operation.
+        if not await self.hub_operations.stop(operation.id):
+            await self.cleanup_operation(operation.id)
+        limit = self.max_subscriptions_per_connection
+        if limit is not None and len(self.tasks) + len(self.hub_operations) >= limit:
+            payload = {"message": "Subscription limit reached"}
+            await self.websocket.send_json(
+                {"type": "error", "id": operation.id, "payload": payload}
+            )
+            return
+        self.hub_operations.start(operation)
+
+    async def handle_stop(self, message: Any) -> None:
+        if await self.hub_operations.stop(message["id"]):
+            # strawberry answers a stop with complete; so does the hub's side.
+            await self.websocket.send_json({"type": "complete", "id": message["id"]})
+            return
+        await super().handle_stop(message)
+
     async def cleanup(self) -> None:
         try:
             await super().cleanup()
         finally:
-            socket: Socket | None = getattr(self, "_hub_socket", None)
-            if socket is not None:
-                socket.close()
+            await self.hub_operations.close()

@@ -358,3 +358,27 @@ async def test_cookie_setting_mutations_over_a_socket_are_refused_and_change_not
     assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT"
     # The browser's cookie still works: nothing rotated it behind its back.
     assert (await client.data("query { me { name } }"))["me"] is not None
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_live_room_subscriptions_hold_no_task_of_their_own(
+    server: RunningServer, make_client, protocol: str
+) -> None:
+    """The hub serves messageAdded without a strawberry operation: twenty subscriptions on a
+    socket add no task once they are live (memory per subscription stays small)."""
+    alice, bob, room_id = await two_users(make_client)
+    channel = room_channel(uuid.UUID(room_id))
+    async with GraphQLWebSocket.connect(
+        server.ws_url, cookie=bob.session_cookie, protocol=protocol
+    ) as socket:
+        first = await socket.subscribe(MESSAGE_ADDED, {"roomId": room_id})
+        await wait_for_subscribers(server, channel)
+        await send(alice, room_id, "warm")
+        assert (await first.data())["messageAdded"]["data"] == "warm"
+        before = len(asyncio.all_tasks())
+        follows = [await socket.subscribe(MESSAGE_ADDED, {"roomId": room_id}) for _ in range(20)]
+        await wait_for_subscribers(server, channel, 21)
+        await send(alice, room_id, "to all")
+        for follow in [first, *follows]:
+            assert (await follow.data())["messageAdded"]["data"] == "to all"
+        assert len(asyncio.all_tasks()) - before < 5
