@@ -138,13 +138,14 @@ def create_app(
         pubsub = PubSub(settings.broadcast_url, queue_size=settings.subscriber_queue_size)
         await pubsub.connect()
         limiter = RateLimiter(
-            create_storage(settings.broadcast_url),
+            create_storage(settings.broadcast_url, redis_pool=pubsub.redis_pool),
             Limits.from_settings(
                 messages=settings.rate_limit_messages,
                 sign_in=settings.rate_limit_sign_in,
                 sign_in_per_address=settings.rate_limit_sign_in_per_address,
                 sign_up_per_address=settings.rate_limit_sign_up_per_address,
             ),
+            owns_connections=pubsub.redis_pool is None,
         )
         state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
         state.hub.start()

@@ -49,6 +49,7 @@ from api.chat.views import MessageView, decode_message_cursor
 from api.core.db import Database
 from api.core.errors import BadUserInput
 from api.core.pubsub import RESYNC, PubSub, Subscription
+from api.core.tasks import Changes
 from api.core.websocket import ChatWebSocketProtocol
 from api.users.cache import UserDirectory
 from schema.documents import MAX_CACHED_DOCUMENT_BYTES, Documents
@@ -566,12 +567,14 @@ class Hub:
         self.channels: dict[str, Channel] = {}
         self._events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
         self._backlog = 0  # events queued for, or being delivered by, the dispatcher task
+        self._last_payload: str | None = None
+        self._last_message: MessageView | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self.sockets_behind = 0
         self.sockets_closed_behind = 0
         self.deliveries = 0
-        # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
-        self._changed = asyncio.Event()
+        # Signalled whenever a subscription starts or ends.
+        self.changes = Changes()
 
     def start(self) -> None:
         """Start dispatching (the lifespan calls this)."""
@@ -601,17 +604,7 @@ class Hub:
 
     async def changed(self) -> None:
         """Wait until a subscription starts or ends."""
-        await self._changed.wait()
-
-    @property
-    def change_event(self) -> asyncio.Event:
-        """The event the next start or end of a subscription sets (take it before checking
-        counts, then wait on it, and no change is missed)."""
-        return self._changed
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        await self.changes.wait()
 
     # --- following -------------------------------------------------------------------------
 
@@ -692,7 +685,7 @@ class Hub:
         channel.sinks.add(sink)
         socket.sinks.add(sink)
         await self._join(channel)
-        self._notify()
+        self.changes.notify()
         # Joined before reading, so nothing committed from here on slips between the two.
         sink.refill()
 
@@ -704,7 +697,7 @@ class Hub:
             return
         channel.sinks.discard(sink)
         socket.sinks.discard(sink)
-        self._notify()
+        self.changes.notify()
         if not channel.sinks:
             await self._leave(channel)
 
@@ -790,9 +783,14 @@ class Hub:
         for sink in list(channel.sinks):
             sink.refill()
 
-    @staticmethod
-    def _seen(channel: Channel, item: str) -> MessageView:
-        message = MessageView.from_json(item)
+    def _seen(self, channel: Channel, item: str) -> MessageView:
+        # One publish reaches the room's channel and each member's inbox channel with the same
+        # payload (in-process, the same object): parse it once.
+        if item is self._last_payload and self._last_message is not None:
+            message = self._last_message
+        else:
+            message = MessageView.from_json(item)
+            self._last_payload, self._last_message = item, message
         if message.seq > channel.seen.get(message.room_id, 0):
             channel.seen[message.room_id] = message.seq
         return message

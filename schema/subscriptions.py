@@ -71,45 +71,6 @@ def hub_operation(handler: Any, protocol: str, message: Any) -> Operation | None
 HUB_FIELDS = frozenset({"messageAdded", "inbox"})
 
 
-def _socket(handler: Any, protocol: str) -> Socket | None:
-    """The hub's view of this connection, made on its first subscription."""
-    socket: Socket | None = getattr(handler, "_hub_socket", None)
-    if socket is None:
-        context: Context = handler.context
-        hub = context.state.hub
-        if hub is None:
-            return None
-        websocket: WebSocket = handler.websocket.ws
-        transport = websocket.scope.get("extensions", {}).get(SCOPE_KEY)
-        socket = Socket(
-            hub,
-            protocol=protocol,
-            transport=transport if isinstance(transport, ChatWebSocketProtocol) else None,
-            fallback=websocket.send_text,
-        )
-        handler._hub_socket = socket
-    return socket
-
-
-def _operation(handler: Any, protocol: str, message: Any) -> Operation | None:
-    socket = _socket(handler, protocol)
-    payload = message.get("payload") if isinstance(message, dict) else None
-    if socket is None or not isinstance(payload, dict):
-        return None
-    operation_id, query = message.get("id"), payload.get("query")
-    variables, name = payload.get("variables"), payload.get("operationName")
-    if not isinstance(operation_id, str) or not isinstance(query, str):
-        return None
-    return Operation(
-        id=operation_id,
-        query=query,
-        variables=variables if isinstance(variables, dict) else None,
-        operation_name=name if isinstance(name, str) else None,
-        socket=socket,
-        context=handler.context,
-    )
-
-
 def _hub_field(hub: Hub, operation: Operation) -> FieldNode | None:
     """The root field, when the hub serves this operation on its own."""
     prepared = hub.documents.prepare(operation.query)

@@ -338,7 +338,7 @@ async def _until(server: RunningServer, settled: Any) -> None:
     async def wait() -> None:
         while True:
             # The events are taken before the check, so a change in between is not missed.
-            events = (state.hub.change_event, state.pubsub.change_event)
+            events = (state.hub.changes.event, state.pubsub.changes.event)
             if settled():
                 return
             changes = [asyncio.ensure_future(event.wait()) for event in events]

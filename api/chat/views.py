@@ -7,7 +7,6 @@ import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -54,11 +53,7 @@ class MessageView:
 
     @classmethod
     def from_json(cls, text: str) -> MessageView:
-        """Parse a pub/sub payload; every subscriber of one publish gets the same object."""
-        return _parse_message(text)
-
-    @classmethod
-    def _parse(cls, text: str) -> MessageView:
+        """Parse a pub/sub payload."""
         raw: dict[str, Any] = orjson.loads(text)
         sender_id, sender_name, sender_created = raw["sender"]
         return cls(
@@ -75,12 +70,6 @@ class MessageView:
             created_at=datetime.fromisoformat(raw["at"]),
             client_message_id=raw["cmid"],
         )
-
-
-@lru_cache(maxsize=4096)
-def _parse_message(text: str) -> MessageView:
-    # The same str object reaches every subscriber of a channel: parse it once.
-    return MessageView._parse(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,8 @@ from redis import asyncio as aioredis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
+from api.core.tasks import Changes
+
 log = logging.getLogger(__name__)
 
 
@@ -166,6 +168,11 @@ class RedisPublisher:
             client_name=client_name("publisher"),
         )
 
+    @property
+    def pool(self) -> Any:
+        """The connection pool of this client, which other Redis users of the app share."""
+        return self._client.connection_pool
+
     async def publish(self, messages: list[tuple[str, str]]) -> None:
         """Publish in one round trip (a pipeline, not a transaction)."""
         if len(messages) == 1:
@@ -262,8 +269,8 @@ class PubSub:
         self._command_lock = asyncio.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
-        # Set (and replaced) whenever a subscription starts or ends, for whoever waits on counts.
-        self._changed = asyncio.Event()
+        # Signalled whenever a subscription starts or ends.
+        self.changes = Changes()
         self._retries: set[asyncio.Task[None]] = set()
         # On Redis, publishing has its own connection; in memory it goes through the backend.
         self._publisher: RedisPublisher | None = None
@@ -297,23 +304,19 @@ class PubSub:
 
     async def changed(self) -> None:
         """Wait until a subscription starts or ends."""
-        await self._changed.wait()
-
-    @property
-    def change_event(self) -> asyncio.Event:
-        """The event the next start or end of a subscription sets (take it before checking
-        counts, then wait on it, and no change is missed)."""
-        return self._changed
-
-    def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        await self.changes.wait()
 
     def _create_backend(self) -> BroadcastBackend:
         backend = create_backend(self.url)
         if isinstance(backend, DirectMemoryBackend):
             backend.deliver = self._dispatch
         return backend
+
+    @property
+    def redis_pool(self) -> Any:
+        """The Redis connection pool other parts of the app share (the rate limiter's counters),
+        so this module owns every Redis connection; None without Redis."""
+        return self._publisher.pool if self._publisher is not None else None
 
     async def connect(self) -> None:
         """Connect to the broker and start the listener (and its watchdog)."""
@@ -434,7 +437,7 @@ class PubSub:
             state = self._channels[channel] = _Channel(self._broker_subscribe(channel))
         state.subscribers.add(subscription)
         await asyncio.shield(state.ready)
-        self._notify()
+        self.changes.notify()
 
     async def _broker_subscribe(self, channel: str) -> None:
         try:
@@ -451,7 +454,7 @@ class PubSub:
         if state is None:
             return
         state.subscribers.discard(subscription)
-        self._notify()
+        self.changes.notify()
         if state.subscribers:
             return
         # Unsubscribe only after the subscribe went out, so the broker sees them in order.

@@ -49,9 +49,20 @@ class Limit:
         return bool(self.items)
 
 
-def create_storage(url: str) -> Storage:
-    """Counters in Redis when pub/sub runs on Redis (shared by instances), else in memory."""
+def create_storage(url: str, *, redis_pool: Any = None) -> Storage:
+    """Counters in Redis when pub/sub runs on Redis (shared by instances), else in memory.
+
+    With `redis_pool` (api.core.pubsub's), the counters use its connections: one module owns
+    the app's Redis connections, and this one closes none of them.
+    """
     if urlparse(url).scheme in ("redis", "rediss"):
+        if redis_pool is not None:
+            return RedisStorage(
+                "async+" + url,
+                implementation="redispy",
+                key_prefix="chat-rl",
+                connection_pool=redis_pool,
+            )
         return RedisStorage(
             "async+" + url, implementation="redispy", key_prefix="chat-rl", socket_timeout=1
         )
@@ -61,8 +72,9 @@ def create_storage(url: str) -> Storage:
 class RateLimiter:
     """Checks and counts actions against limits; RATE_LIMITED with retryAfterMs when over."""
 
-    def __init__(self, storage: Storage, limits: Limits) -> None:
+    def __init__(self, storage: Storage, limits: Limits, *, owns_connections: bool = True) -> None:
         self._storage = storage
+        self._owns_connections = owns_connections
         self._limiter = MovingWindowRateLimiter(storage)
         self.limits = limits
         self._in_flight: dict[tuple[str, str], list[Any]] = {}
@@ -70,6 +82,8 @@ class RateLimiter:
     async def close(self) -> None:
         """Close the counter store's connections (limits has no public close; its Redis
         storage keeps a redis-py client on its bridge)."""
+        if not self._owns_connections:
+            return  # pub/sub's pool: closed with pub/sub
         client = getattr(getattr(self._storage, "bridge", None), "storage", None)
         if client is not None and hasattr(client, "aclose"):
             try:

@@ -37,3 +37,20 @@ class Unfinished:
         _, pending = await asyncio.wait(set(self._tasks), timeout=limit_s)
         if pending:
             log.warning("%d sends still unfinished at shutdown", len(pending))
+
+
+class Changes:
+    """A signal that something changed (a subscription started or ended), for whoever waits on
+    counts: take `event` before checking them, then wait on it, and no change is missed."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:
+        """Wake everyone waiting, and start a new event for the next change."""
+        event, self.event = self.event, asyncio.Event()
+        event.set()
+
+    async def wait(self) -> None:
+        """Wait for the next change."""
+        await self.event.wait()
