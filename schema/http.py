@@ -202,7 +202,7 @@ class GraphQLHTTPEndpoint:
             payload: dict[str, Any] = {"errors": [e.formatted for e in result.errors]}
             if not modern:
                 payload = {"data": None, **payload}
-            status = 400 if modern else result.status
+            status = 400 if modern else 200
             await _respond(send, status, payload, modern, cookies, extra)
             return
         payload = {"data": result.data}
@@ -256,7 +256,7 @@ class GraphQLHTTPEndpoint:
         prepared = documents.prepare(query)
         if prepared.errors is not None:
             format_errors(prepared.errors)
-            return _RequestError(prepared.errors, status=200)
+            return _RequestError(prepared.errors)
         operation = prepared.operation(operation_name)
         if operation is None:
             message = (
@@ -298,17 +298,16 @@ class GraphQLHTTPEndpoint:
                 # Variable coercion failed (graphql-core wraps the scalar's own GraphQLError):
                 # the operation never ran. Errors of fields that ran always have a path.
                 format_errors(result.errors)
-                return _RequestError(result.errors, status=200)
+                return _RequestError(result.errors)
             format_errors(result.errors)
         return result
 
 
 class _RequestError:
-    __slots__ = ("errors", "status")
+    __slots__ = ("errors",)
 
-    def __init__(self, errors: list[GraphQLError], *, status: int) -> None:
+    def __init__(self, errors: list[GraphQLError]) -> None:
         self.errors = errors
-        self.status = status
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

@@ -242,10 +242,9 @@ class Socket:
             return self._write_fallback(frame)
         if not transport.open:
             return False
+        # Past the high-water mark the transport calls pause_writing at once, through the
+        # protocol to `paused`: from the next frame on, the socket is behind.
         transport.write_text(frame)
-        if transport.buffered() >= transport.transport.get_write_buffer_limits()[1]:
-            # pause_writing came (or comes) with this write: from now on the socket is behind.
-            self.paused()
         return True
 
     def _write_fallback(self, frame: bytes) -> bool:
@@ -397,13 +396,29 @@ class Sink:
         except Exception as error:  # noqa: BLE001 - the stream ends with this error
             self.end(error)
 
-    async def write_stored(self, message: MessageView) -> bool:
-        """Write a message read from the store; False when the socket fell behind."""
-        if self.socket.behind:
-            return False
-        payload = await self.hub.result(self, message)
-        self.emit(payload, message)
-        return not self.socket.behind
+    async def replay(
+        self, room_id: uuid.UUID, *, after_seq: int, up_to_seq: int | None = None
+    ) -> bool:
+        """Write a room's stored messages after a seq (up to another), in chunks; False when
+        the socket fell behind (the rest waits for the next refill)."""
+        while True:
+            chunk = await chat.read_messages_after(
+                db=self.hub.db,
+                room_id=room_id,
+                after_seq=after_seq,
+                up_to_seq=up_to_seq,
+                limit=REFILL_CHUNK,
+                directory=self.hub.directory,
+            )
+            for message in chunk:
+                after_seq = message.seq
+                if message.seq < self.next_seq(message):
+                    continue  # delivered live meanwhile
+                if self.socket.behind:
+                    return False
+                self.emit(await self.hub.result(self, message), message)
+            if len(chunk) < REFILL_CHUNK:
+                return not self.socket.behind
 
     def end(self, error: BaseException | None = None) -> None:
         """Finish the subscription: with an error (sent as the stream's last result), or not."""
@@ -452,21 +467,7 @@ class RoomSink(Sink):
         return self.seq >= self.channel.seen.get(self.room_id, 0)
 
     async def _catch_up(self) -> None:
-        while True:
-            chunk = await chat.read_messages_after(
-                db=self.hub.db,
-                room_id=self.room_id,
-                after_seq=self.seq,
-                limit=REFILL_CHUNK,
-                directory=self.hub.directory,
-            )
-            for message in chunk:
-                if message.seq <= self.seq:
-                    continue
-                if not await self.write_stored(message):
-                    return
-            if len(chunk) < REFILL_CHUNK:
-                return
+        await self.replay(self.room_id, after_seq=self.seq)
 
 
 class InboxSink(Sink):
@@ -499,22 +500,11 @@ class InboxSink(Sink):
         # What was committed since: the user's rooms now (rooms new since the start included).
         current = await chat.room_last_seqs(db=self.hub.db, user_id=self.user_id)
         for room_id, last_seq in current.items():
-            while self.seqs.get(room_id, 0) < last_seq:
-                chunk = await chat.read_messages_after(
-                    db=self.hub.db,
-                    room_id=room_id,
-                    after_seq=self.seqs.get(room_id, 0),
-                    up_to_seq=last_seq,
-                    limit=REFILL_CHUNK,
-                    directory=self.hub.directory,
-                )
-                if not chunk:
-                    break
-                for message in chunk:
-                    if message.seq <= self.seqs.get(room_id, 0):
-                        continue
-                    if not await self.write_stored(message):
-                        return
+            seen = self.seqs.get(room_id, 0)
+            if seen < last_seq and not await self.replay(
+                room_id, after_seq=seen, up_to_seq=last_seq
+            ):
+                return
 
 
 class Channel:

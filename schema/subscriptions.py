@@ -13,9 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
-from graphql import FieldNode, GraphQLError, OperationType, located_error
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    located_error,
+)
 from graphql.execution.values import get_argument_values, get_variable_values
 from starlette.websockets import WebSocket
 
@@ -71,9 +78,23 @@ def hub_operation(handler: Any, protocol: str, message: Any) -> Operation | None
 HUB_FIELDS = frozenset({"messageAdded", "inbox"})
 
 
-def _hub_field(hub: Hub, operation: Operation) -> FieldNode | None:
-    """The root field, when the hub serves this operation on its own."""
-    prepared = hub.documents.prepare(operation.query)
+@dataclass(frozen=True, slots=True)
+class HubRequest:
+    """A subscribe message the hub serves: the operation, its definition and its root field."""
+
+    operation: Operation
+    node: OperationDefinitionNode
+    field: FieldNode
+
+    @property
+    def key(self) -> str:
+        """The root field's response key."""
+        return self.field.alias.value if self.field.alias else self.field.name.value
+
+
+def _hub_request(operation: Operation) -> HubRequest | None:
+    """The request, when the hub serves this operation on its own."""
+    prepared = operation.socket.hub.documents.prepare(operation.query)
     if prepared.errors is not None:
         return None  # strawberry reports them
     node = prepared.operation(operation.operation_name)
@@ -85,7 +106,7 @@ def _hub_field(hub: Hub, operation: Operation) -> FieldNode | None:
     (field,) = selections
     if not isinstance(field, FieldNode) or field.directives or field.name.value not in HUB_FIELDS:
         return None
-    return field
+    return HubRequest(operation, node, field)
 
 
 class HubOperations:
@@ -103,24 +124,20 @@ class HubOperations:
     def __contains__(self, operation_id: object) -> bool:
         return operation_id in self.sinks or operation_id in self.starting
 
-    def take(self, message: Any) -> Operation | None:
-        """The operation, if the hub serves it; None leaves it to strawberry."""
+    def take(self, message: Any) -> HubRequest | None:
+        """The request, if the hub serves it; None leaves it to strawberry."""
         operation = hub_operation(self.handler, self.protocol, message)
-        if operation is None or _hub_field(operation.socket.hub, operation) is None:
-            return None
-        return operation
+        return _hub_request(operation) if operation is not None else None
 
-    def start(self, operation: Operation) -> None:
-        task = asyncio.create_task(self._start(operation))
-        self.starting[operation.id] = task
+    def start(self, request: HubRequest) -> None:
+        task = asyncio.create_task(self._start(request))
+        self.starting[request.operation.id] = task
 
-    async def _start(self, operation: Operation) -> None:
+    async def _start(self, request: HubRequest) -> None:
+        operation, field, key = request.operation, request.field, request.key
         hub = operation.socket.hub
-        field = _hub_field(hub, operation)
-        assert field is not None
-        key = field.alias.value if field.alias else field.name.value
         try:
-            sink = await self._open(hub, operation, field)
+            sink = await self._open(hub, request)
         except asyncio.CancelledError:
             raise
         except GraphQLError as error:
@@ -136,7 +153,7 @@ class HubOperations:
         finally:
             self.starting.pop(operation.id, None)
         self.sinks[operation.id] = sink
-        sink.on_end = self._ended
+        sink.on_end = lambda ended, error: self._ended(ended, error, key)
         try:
             await hub.attach(sink)
         except BaseException:
@@ -144,13 +161,10 @@ class HubOperations:
             await hub.detach(sink)
             raise
 
-    async def _open(self, hub: Hub, operation: Operation, field: FieldNode) -> Sink:
-        key = field.alias.value if field.alias else field.name.value
-        prepared = hub.documents.prepare(operation.query)
-        node = prepared.operation(operation.operation_name)
-        assert node is not None
+    async def _open(self, hub: Hub, request: HubRequest) -> Sink:
+        operation, field, key = request.operation, request.field, request.key
         variables = get_variable_values(
-            hub.schema, node.variable_definitions or (), operation.variables or {}
+            hub.schema, request.node.variable_definitions or (), operation.variables or {}
         )
         if isinstance(variables, list):
             raise variables[0]
@@ -173,19 +187,18 @@ class HubOperations:
         except Exception as error:
             raise located_error(error, [field], [key]) from error
 
-    def _ended(self, sink: Sink, error: BaseException | None) -> None:
+    def _ended(self, sink: Sink, error: BaseException | None, key: str) -> None:
         operation_id = sink.operation.id
         if self.sinks.get(operation_id) is not sink:
             return
         del self.sinks[operation_id]
-        task = asyncio.create_task(self._finish(sink, error))
+        task = asyncio.create_task(self._finish(sink, error, key))
         task.add_done_callback(_log_failure)
 
-    async def _finish(self, sink: Sink, error: BaseException | None) -> None:
+    async def _finish(self, sink: Sink, error: BaseException | None, key: str) -> None:
         await sink.socket.hub.detach(sink)
         operation_id = sink.operation.id
         if isinstance(error, Exception) and not isinstance(error, Ended):
-            key = _response_key(sink)
             await self._fail(operation_id, located_error(error, None, [key]))
         else:
             await self._send({"id": operation_id, "type": "complete"})
@@ -240,13 +253,6 @@ class HubOperations:
             await self.handler.send_message(message)
         except Exception as error:  # noqa: BLE001 - the socket is gone: nothing to tell
             log.debug("could not send %s: %s", message.get("type"), error)
-
-
-def _response_key(sink: Sink) -> str:
-    field = _hub_field(sink.hub, sink.operation)
-    if field is None:
-        return "messageAdded"
-    return field.alias.value if field.alias else field.name.value
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -25,8 +25,8 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from schema.context import Context
-from schema.hub import LEGACY_WS, TRANSPORT_WS, Operation, current_operation
-from schema.subscriptions import HubOperations, hub_operation
+from schema.hub import LEGACY_WS, TRANSPORT_WS, current_operation
+from schema.subscriptions import HubOperations, HubRequest, hub_operation
 
 # Close codes shared by both protocols (graphql-transport-ws defines them; the legacy protocol
 # has none of its own, and clients treat 4400-4499 as "do not retry blindly").
@@ -89,9 +89,9 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def handle_subscribe(self, message: Any) -> None:
         if self.connection_acknowledged:
-            operation = self.hub_operations.take(message)
-            if operation is not None:
-                await self._subscribe_hub(operation)
+            request = self.hub_operations.take(message)
+            if request is not None:
+                await self._subscribe_hub(request)
                 return
         token = current_operation.set(hub_operation(self, TRANSPORT_WS, message))
         try:
@@ -99,7 +99,8 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         finally:
             current_operation.reset(token)
 
-    async def _subscribe_hub(self, operation: Operation) -> None:
+    async def _subscribe_hub(self, request: HubRequest) -> None:
+        operation = request.operation
         # strawberry's rules for a subscribe message, counting both kinds of operation.
         if operation.id in self.operations or operation.id in self.hub_operations:
             reason = f"Subscriber for {operation.id} already exists"
@@ -112,7 +113,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 {"id": operation.id, "type": "error", "payload": [error.formatted]}
             )
             return
-        self.hub_operations.start(operation)
+        self.hub_operations.start(request)
 
     async def handle_complete(self, message: Any) -> None:
         if not await self.hub_operations.stop(message["id"]):
@@ -190,9 +191,9 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
 
     async def handle_start(self, message: Any) -> None:
         if self.connection_acknowledged:
-            operation = self.hub_operations.take(message)
-            if operation is not None:
-                await self._start_hub(operation)
+            request = self.hub_operations.take(message)
+            if request is not None:
+                await self._start_hub(request)
                 return
         token = current_operation.set(hub_operation(self, LEGACY_WS, message))
         try:
@@ -200,7 +201,8 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
         finally:
             current_operation.reset(token)
 
-    async def _start_hub(self, operation: Operation) -> None:
+    async def _start_hub(self, request: HubRequest) -> None:
+        operation = request.operation
         # As strawberry's handle_start: a repeated id replaces the earlier operation.
         if not await self.hub_operations.stop(operation.id):
             await self.cleanup_operation(operation.id)
@@ -211,7 +213,7 @@ class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
                 {"type": "error", "id": operation.id, "payload": payload}
             )
             return
-        self.hub_operations.start(operation)
+        self.hub_operations.start(request)
 
     async def handle_stop(self, message: Any) -> None:
         if await self.hub_operations.stop(message["id"]):

@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -499,3 +499,31 @@ def subscription_total(server: RunningServer) -> int:
 async def wait_for_subscriber_total(server: RunningServer, total: int) -> None:
     """Wait until the in-process server has exactly `total` subscriptions on all channels."""
     await _until(server, lambda: subscription_total(server) == total)
+
+
+@contextlib.contextmanager
+def captured_statements(db: Any) -> Iterator[list[tuple[str, Any]]]:
+    """Every statement (with its parameters) a Database runs inside the block, through either
+    of its engines (SQLAlchemy's, and the asyncpg pool on PostgreSQL)."""
+    from sqlalchemy import event
+
+    engine = db.engine.sync_engine
+    statements: list[tuple[str, Any]] = []
+
+    def capture(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        statements.append((statement, parameters))
+
+    def observe(statement: str, parameters: tuple[Any, ...]) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    if db.pg is not None:
+        db.pg.observers.append(observe)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+        if db.pg is not None:
+            db.pg.observers.remove(observe)

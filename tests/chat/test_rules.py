@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from api.chat import service as chat
 from api.core.db import Database
@@ -22,6 +20,7 @@ from api.users import service as users
 from api.users.cache import SessionCache, TokenCache
 from api.users.passwords import PasswordHasher
 from api.users.views import UserView
+from tests.support import captured_statements
 
 
 @dataclass
@@ -112,27 +111,6 @@ async def test_content_the_database_must_not_see_is_bad_user_input(
         await send(parts, alice, room.id, **options)
 
 
-@contextmanager
-def statements_of(db: Database) -> Iterator[list[str]]:
-    """Every statement the database objects run inside the block, through either engine."""
-    seen: list[str] = []
-
-    def capture(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    engine = db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
-    observer = lambda statement, _args: seen.append(statement)  # noqa: E731
-    if db.pg is not None:
-        db.pg.observers.append(observer)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-        if db.pg is not None:
-            db.pg.observers.remove(observer)
-
-
 async def test_authenticating_a_cached_session_needs_no_database_round_trip(
     parts: Parts,
 ) -> None:
@@ -144,11 +122,11 @@ async def test_authenticating_a_cached_session_needs_no_database_round_trip(
         "tokens": tokens,
         "sessions": sessions,
     }
-    with statements_of(parts.db) as first:
+    with captured_statements(parts.db) as first:
         auth = await users.authenticate(cookie_value=cookie, **options)
     assert auth.user.id == alice.id
     assert first, "the first authentication reads the session"
-    with statements_of(parts.db) as later:
+    with captured_statements(parts.db) as later:
         for _ in range(3):
             assert (await users.authenticate(cookie_value=cookie, **options)).user.id == alice.id
     assert later == []

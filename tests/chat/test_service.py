@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from api.chat.service import direct_pair
 from api.chat.views import decode_message_cursor, encode_message_cursor
 from api.core.errors import BadUserInput
 from tests.chat.conftest import History
-from tests.support import RunningServer
+from tests.support import RunningServer, captured_statements
 
 MESSAGES = """
 query Messages($roomId: ID!, $first: Int, $after: String, $last: Int, $before: String) {
@@ -27,31 +24,9 @@ query Messages($roomId: ID!, $first: Int, $after: String, $last: Int, $before: S
 PAGE_SIZE = 7
 
 
-@contextmanager
-def captured_sql(server: RunningServer) -> Iterator[list[tuple[str, Any]]]:
-    """Every statement (with its parameters) the server runs inside the block, through either
-    of its engines (SQLAlchemy's, and asyncpg's pool on PostgreSQL)."""
-    db = server.app.state.chat.db
-    engine = db.engine.sync_engine
-    statements: list[tuple[str, Any]] = []
-
-    def capture(
-        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
-    ) -> None:
-        statements.append((statement, parameters))
-
-    def observe(statement: str, parameters: tuple[Any, ...]) -> None:
-        statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    if db.pg is not None:
-        db.pg.observers.append(observe)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-        if db.pg is not None:
-            db.pg.observers.remove(observe)
+def captured_sql(server: RunningServer) -> Any:
+    """Every statement (with its parameters) the server runs inside the block."""
+    return captured_statements(server.app.state.chat.db)
 
 
 def _skips_rows(statement: str, parameters: Any, *, sqlite: bool) -> bool:
