@@ -76,6 +76,7 @@ def _build_state(
     from schema.documents import Documents
     from schema.execution import Plans
     from schema.hub import Hub
+    from schema.log import event_type
 
     keys = derive_keys(settings.secret)
     state = AppState(
@@ -109,7 +110,8 @@ def _build_state(
         db=db,
         pubsub=pubsub,
         directory=state.directory,
-        to_root=MessageType.from_view,
+        to_message=MessageType.from_view,
+        to_event=event_type,
         behind_limit=settings.ws_behind_limit,
     )
     return state

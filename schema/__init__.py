@@ -25,11 +25,14 @@ from schema.chat import ChatMutation, ChatQuery, ChatSubscription
 from schema.documents import CachedDocuments
 from schema.errors import format_errors
 from schema.execution import PlainExecutor
+from schema.groups import GroupMutation, MessageMutation
 from schema.introspection import IntrospectionDepthRule
+from schema.log import EVENT_TYPES, LogQuery, LogSubscription
 from schema.users import UsersMutation, UsersQuery
 
-Query = merge_types("Query", (UsersQuery, ChatQuery))
-Mutation = merge_types("Mutation", (UsersMutation, ChatMutation))
+Query = merge_types("Query", (UsersQuery, ChatQuery, LogQuery))
+Mutation = merge_types("Mutation", (UsersMutation, ChatMutation, GroupMutation, MessageMutation))
+Subscription = merge_types("Subscription", (ChatSubscription, LogSubscription))
 
 
 class ChatSchema(strawberry.Schema):
@@ -107,7 +110,8 @@ def build_schema(
     return ChatSchema(
         query=Query,
         mutation=Mutation,
-        subscription=ChatSubscription,
+        subscription=Subscription,
+        types=EVENT_TYPES,
         extensions=all_extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
         execution_context_class=PlainExecutor,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 import strawberry
@@ -12,15 +14,17 @@ from strawberry.types.unset import UNSET, UnsetType
 from api.chat import service as chat
 from api.chat.constants import DEFAULT_ROOMS_PAGE_SIZE
 from api.chat.views import (
+    EventPage,
     MessagePage,
     MessageView,
+    ReactionView,
     RoomPage,
     RoomView,
     UserView,
     encode_room_cursor,
 )
 from schema.context import Info
-from schema.hub import Operation, current_operation
+from schema.hub import VIEWER_DEPENDENT, Operation, current_operation
 from schema.users import UserType
 
 T = TypeVar("T")
@@ -39,12 +43,50 @@ def _user(view: UserView) -> UserType:
     return UserType(id=strawberry.ID(str(view.id)), name=view.name, created_at=view.created_at)
 
 
+@strawberry.enum(name="RoomKind")
+class RoomKind(Enum):
+    DIRECT = "direct"
+    GROUP = "group"
+
+
+@strawberry.enum(name="Role")
+class Role(Enum):
+    OWNER = "OWNER"
+    ADMIN = "ADMIN"
+    MEMBER = "MEMBER"
+
+
+@strawberry.type(name="Reaction")
+class ReactionType:
+    emoji: str = strawberry.field(description="The emoji (or short text) itself, as it was given.")
+    count: int = strawberry.field(description="How many members reacted with it.")
+    user_ids: strawberry.Private[tuple[uuid.UUID, ...]]
+
+    @strawberry.field(
+        description=(
+            "Whether the signed-in user (the subscriber, on a subscription) is among them."
+        ),
+        # Results that read it are never shared between subscribers (schema.hub).
+        metadata={VIEWER_DEPENDENT: True},
+    )
+    def me(self, info: Info) -> bool:
+        return info.context.viewer_id in self.user_ids
+
+    @classmethod
+    def from_view(cls, view: ReactionView) -> ReactionType:
+        return cls(emoji=view.emoji, count=view.count, user_ids=view.user_ids)
+
+
 @strawberry.type(name="Message")
 class MessageType:
     id: strawberry.ID
     room_id: strawberry.ID
     seq: int = strawberry.field(
-        description="Position in the room: 1, 2, 3, ... with no gaps, in commit order."
+        description=(
+            "Position of the message in its room's log, in commit order. Where nothing but\n"
+            "messages were posted, 1, 2, 3, ... without gaps; other log entries (edits,\n"
+            "reactions, membership) take seqs between messages."
+        )
     )
     sender: UserType
     type: str = strawberry.field(
@@ -57,6 +99,18 @@ class MessageType:
     )
     cursor: str = strawberry.field(
         description="Opaque position of this message; the same value as its edge cursor."
+    )
+    edited_at: datetime | None = strawberry.field(
+        description="When the sender last edited it; null if never."
+    )
+    deleted_at: datetime | None = strawberry.field(
+        description=(
+            'When it was deleted; then data is "" and reactions are empty. Deleted messages '
+            "stay in history as tombstones."
+        )
+    )
+    reactions: list[ReactionType] = strawberry.field(
+        description="Reactions, in the order each emoji was first used on this message."
     )
 
     @classmethod
@@ -71,31 +125,62 @@ class MessageType:
             created_at=view.created_at,
             client_message_id=view.client_message_id,
             cursor=view.cursor,
+            edited_at=view.edited_at,
+            deleted_at=view.deleted_at,
+            reactions=[ReactionType.from_view(r) for r in view.reactions],
         )
+
+
+@strawberry.type(name="Membership")
+class MembershipType:
+    user: UserType
+    role: Role
+    joined_at: datetime
 
 
 @strawberry.type(
     name="Room",
     description=(
         "A conversation. A direct room is the pair of two users; its id is stable and\n"
-        "known before any message is sent."
+        "known before any message is sent. A group room has a name and 2 or more members."
     ),
 )
 class RoomType:
     id: strawberry.ID
+    kind: RoomKind
     name: str = strawberry.field(
-        description='For a direct room: the two member names, sorted, joined by ", ".'
+        description=(
+            'Direct room: the two member names, sorted, joined by ", ". Group room: its name.'
+        )
     )
     members: list[UserType]
-    last_message: MessageType | None
+    memberships: list[MembershipType] = strawberry.field(
+        description="Every member with role and read position (read receipts)."
+    )
+    last_message: MessageType | None = strawberry.field(
+        description="The newest message that is not deleted, or null."
+    )
+    last_seq: int = strawberry.field(
+        description="seq of the room's newest log entry; 0 when the log is empty."
+    )
+    created_at: datetime
 
     @classmethod
     def from_view(cls, view: RoomView) -> RoomType:
         return cls(
             id=strawberry.ID(str(view.id)),
+            kind=RoomKind(view.kind),
             name=view.name,
-            members=[_user(member) for member in view.members],
+            members=[_user(member.user) for member in view.members],
+            memberships=[
+                MembershipType(
+                    user=_user(member.user), role=Role(member.role), joined_at=member.joined_at
+                )
+                for member in view.members
+            ],
             last_message=MessageType.from_view(view.last_message) if view.last_message else None,
+            last_seq=view.last_seq,
+            created_at=view.created_at,
         )
 
 
@@ -107,7 +192,7 @@ class PageInfo:
     end_cursor: str | None
 
     @classmethod
-    def of(cls, page: MessagePage | RoomPage, cursors: list[str]) -> PageInfo:
+    def of(cls, page: MessagePage | RoomPage | EventPage, cursors: list[str]) -> PageInfo:
         return cls(
             has_next_page=page.has_next_page,
             has_previous_page=page.has_previous_page,
@@ -179,7 +264,10 @@ class ChatQuery:
         return RoomType.from_view(room) if room else None
 
     @strawberry.field(
-        description="Rooms of the signed-in user that have messages, most recent activity first."
+        description=(
+            "Rooms of the signed-in user, most recent activity first: direct rooms that\n"
+            "have messages, and every group room they belong to (creation counts as activity)."
+        )
     )
     async def rooms(
         self, info: Info, first: int | None = DEFAULT_ROOMS_PAGE_SIZE, after: str | None = UNSET
@@ -282,7 +370,7 @@ class ChatMutation:
         return MessageType.from_view(message)
 
 
-@strawberry.type(name="Subscription")
+@strawberry.type
 class ChatSubscription:
     @strawberry.subscription(
         description=(

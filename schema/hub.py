@@ -45,9 +45,9 @@ from graphql import (
 
 from api.chat import service as chat
 from api.chat.constants import room_channel, user_channel
-from api.chat.views import MessageView, decode_message_cursor
+from api.chat.views import JOINED, LEFT, POSTED, EventView, decode_message_cursor
 from api.core.db import Database
-from api.core.errors import BadUserInput
+from api.core.errors import BadUserInput, Forbidden
 from api.core.pubsub import RESYNC, PubSub, Subscription
 from api.core.tasks import Changes
 from api.core.websocket import ChatWebSocketProtocol
@@ -324,9 +324,22 @@ class Socket:
 class Sink:
     """One subscription: where its frames go, and how far it has delivered."""
 
-    def __init__(self, hub: Hub, operation: Operation, shape: Shape, channel: Channel) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        operation: Operation,
+        shape: Shape,
+        channel: Channel,
+        *,
+        user_id: uuid.UUID,
+        events: bool,
+    ) -> None:
         self.hub = hub
         self.operation = operation
+        self.user_id = user_id
+        # Every log entry (roomEvents, inboxEvents), or only posted messages (messageAdded,
+        # inbox), which pass the other entries by without a result.
+        self.events = events
         self.socket = operation.socket
         self.shape = shape
         self.channel = channel
@@ -346,11 +359,23 @@ class Sink:
 
     # --- what subclasses define -------------------------------------------------------------
 
-    def next_seq(self, message: MessageView) -> int:
+    def next_seq(self, event: EventView) -> int:
         raise NotImplementedError
 
-    def delivered(self, message: MessageView) -> None:
+    def delivered(self, event: EventView) -> None:
         raise NotImplementedError
+
+    def wants(self, event: EventView) -> bool:
+        """Whether the event is a result of this subscription (or only moves it on)."""
+        return self.events or (event.kind == POSTED and event.message is not None)
+
+    def passed(self, event: EventView) -> None:
+        """The subscription is past an event (delivered, or not one of its results)."""
+        self.delivered(event)
+        self.after(event)
+
+    def after(self, event: EventView) -> None:
+        """What an event does to the subscription itself, once it is past it."""
 
     async def _catch_up(self) -> None:
         raise NotImplementedError
@@ -360,10 +385,10 @@ class Sink:
 
     # --- delivery --------------------------------------------------------------------------
 
-    def emit(self, payload: bytes, message: MessageView) -> None:
-        """Write one result; on success the sink has delivered `message`."""
+    def emit(self, payload: bytes, event: EventView) -> None:
+        """Write one result; on success the sink is past `event`."""
         if self.socket.write(self.prefix + payload + b"}"):
-            self.delivered(message)
+            self.passed(event)
         else:
             self.live = False
 
@@ -399,10 +424,11 @@ class Sink:
     async def replay(
         self, room_id: uuid.UUID, *, after_seq: int, up_to_seq: int | None = None
     ) -> bool:
-        """Write a room's stored messages after a seq (up to another), in chunks; False when
-        the socket fell behind (the rest waits for the next refill)."""
+        """Write a room's stored log entries after a seq (up to another), in chunks; False
+        when the socket fell behind or the subscription ended (the rest waits for the next
+        refill, if any)."""
         while True:
-            chunk = await chat.read_messages_after(
+            chunk = await chat.read_events_after(
                 db=self.hub.db,
                 room_id=room_id,
                 after_seq=after_seq,
@@ -410,15 +436,18 @@ class Sink:
                 limit=REFILL_CHUNK,
                 directory=self.hub.directory,
             )
-            for message in chunk:
-                after_seq = message.seq
-                if message.seq < self.next_seq(message):
+            for event in chunk:
+                after_seq = event.seq
+                if event.seq < self.next_seq(event):
                     continue  # delivered live meanwhile
-                if self.socket.behind:
+                if self.socket.behind or self.done.done():
                     return False
-                self.emit(await self.hub.result(self, message), message)
+                if self.wants(event):
+                    self.emit(await self.hub.result(self, event), event)
+                else:
+                    self.passed(event)
             if len(chunk) < REFILL_CHUNK:
-                return not self.socket.behind
+                return not (self.socket.behind or self.done.done())
 
     def end(self, error: BaseException | None = None) -> None:
         """Finish the subscription: with an error (sent as the stream's last result), or not."""
@@ -441,37 +470,7 @@ class Sink:
 
 
 class RoomSink(Sink):
-    """messageAdded(roomId, after): one room's messages in seq order."""
-
-    def __init__(
-        self,
-        hub: Hub,
-        operation: Operation,
-        shape: Shape,
-        channel: Channel,
-        *,
-        room_id: uuid.UUID,
-        after_seq: int,
-    ) -> None:
-        super().__init__(hub, operation, shape, channel)
-        self.room_id = room_id
-        self.seq = after_seq
-
-    def next_seq(self, message: MessageView) -> int:
-        return self.seq + 1
-
-    def delivered(self, message: MessageView) -> None:
-        self.seq = message.seq
-
-    def caught_up(self) -> bool:
-        return self.seq >= self.channel.seen.get(self.room_id, 0)
-
-    async def _catch_up(self) -> None:
-        await self.replay(self.room_id, after_seq=self.seq)
-
-
-class InboxSink(Sink):
-    """inbox: every message of every room of one user, each room in seq order."""
+    """messageAdded / roomEvents(roomId, after): one room's log in seq order."""
 
     def __init__(
         self,
@@ -481,30 +480,89 @@ class InboxSink(Sink):
         channel: Channel,
         *,
         user_id: uuid.UUID,
+        events: bool,
+        room_id: uuid.UUID,
+        after_seq: int,
+    ) -> None:
+        super().__init__(hub, operation, shape, channel, user_id=user_id, events=events)
+        self.room_id = room_id
+        self.seq = after_seq
+
+    def next_seq(self, event: EventView) -> int:
+        return self.seq + 1
+
+    def delivered(self, event: EventView) -> None:
+        self.seq = event.seq
+
+    def after(self, event: EventView) -> None:
+        # Removed or departed: the room is FORBIDDEN from this entry on (roomEvents has just
+        # delivered it).
+        if event.kind == LEFT and event.member is not None and event.member.id == self.user_id:
+            self.end(Forbidden("You are no longer a member of this room."))
+
+    def caught_up(self) -> bool:
+        return self.seq >= self.channel.seen.get(self.room_id, 0)
+
+    async def _catch_up(self) -> None:
+        await self.replay(self.room_id, after_seq=self.seq)
+
+
+class InboxSink(Sink):
+    """inbox / inboxEvents: every room of one user, each room in seq order, following
+    membership: a room joined starts at the user's MemberJoined, a room left ends with their
+    MemberLeft (nothing more is published to them)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        operation: Operation,
+        shape: Shape,
+        channel: Channel,
+        *,
+        user_id: uuid.UUID,
+        events: bool,
         start: dict[uuid.UUID, int],
     ) -> None:
-        super().__init__(hub, operation, shape, channel)
-        self.user_id = user_id
+        super().__init__(hub, operation, shape, channel, user_id=user_id, events=events)
         self.seqs = start
 
-    def next_seq(self, message: MessageView) -> int:
-        return self.seqs.get(message.room_id, 0) + 1
+    def next_seq(self, event: EventView) -> int:
+        seq = self.seqs.get(event.room_id)
+        if _joins(event, self.user_id) and (seq is None or event.seq > seq):
+            return event.seq  # a room the user has just (re)joined starts here
+        if seq is None:
+            return 1  # a new direct room starts at its beginning
+        return seq + 1
 
-    def delivered(self, message: MessageView) -> None:
-        self.seqs[message.room_id] = message.seq
+    def delivered(self, event: EventView) -> None:
+        self.seqs[event.room_id] = event.seq
 
     def caught_up(self) -> bool:
         return all(self.seqs.get(room_id, 0) >= seq for room_id, seq in self.channel.seen.items())
 
     async def _catch_up(self) -> None:
-        # What was committed since: the user's rooms now (rooms new since the start included).
-        current = await chat.room_last_seqs(db=self.hub.db, user_id=self.user_id)
-        for room_id, last_seq in current.items():
-            seen = self.seqs.get(room_id, 0)
-            if seen < last_seq and not await self.replay(
-                room_id, after_seq=seen, up_to_seq=last_seq
-            ):
+        # What was committed since: the user's rooms now (rooms joined since the start
+        # included, each from the user's MemberJoined), then rooms left since, up to the
+        # user's MemberLeft.
+        db, user_id = self.hub.db, self.user_id
+        current = await chat.inbox_positions(db=db, user_id=user_id)
+        for room_id, (last_seq, joined_seq) in current.items():
+            start = max(self.seqs.get(room_id, 0), joined_seq - 1 if joined_seq else 0)
+            if start < last_seq:
+                if start > self.seqs.get(room_id, 0):
+                    self.seqs[room_id] = start  # entries from before the user joined
+                if not await self.replay(room_id, after_seq=start, up_to_seq=last_seq):
+                    return
+        for room_id, seen in list(self.seqs.items()):
+            if room_id in current:
+                continue
+            left = await chat.left_at(db=db, room_id=room_id, user_id=user_id, after_seq=seen)
+            if left is not None and not await self.replay(room_id, after_seq=seen, up_to_seq=left):
                 return
+
+
+def _joins(event: EventView, user_id: uuid.UUID) -> bool:
+    return event.kind == JOINED and event.member is not None and event.member.id == user_id
 
 
 class Channel:
@@ -541,7 +599,8 @@ class Hub:
         db: Database,
         pubsub: PubSub,
         directory: UserDirectory | None,
-        to_root: Callable[[MessageView], Any],
+        to_message: Callable[[Any], Any],
+        to_event: Callable[[EventView], Any],
         behind_limit: float = 30.0,
         fallback_high_water: int = 64 * 1024,
     ) -> None:
@@ -550,7 +609,8 @@ class Hub:
         self.db = db
         self.pubsub = pubsub
         self.directory = directory
-        self.to_root = to_root
+        self.to_message = to_message
+        self.to_event = to_event
         self.behind_limit = behind_limit
         self.fallback_high_water = fallback_high_water
         self.shapes = Shapes(schema, plans)
@@ -558,7 +618,7 @@ class Hub:
         self._events: asyncio.Queue[tuple[Channel, Any]] = asyncio.Queue()
         self._backlog = 0  # events queued for, or being delivered by, the dispatcher task
         self._last_payload: str | None = None
-        self._last_message: MessageView | None = None
+        self._last_event: EventView | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self.sockets_behind = 0
         self.sockets_closed_behind = 0
@@ -605,17 +665,21 @@ class Hub:
         user_id: uuid.UUID,
         room_id: uuid.UUID,
         after: str | None,
+        events: bool = False,
     ) -> None:
-        """Stream a room's messages after `after` (or from now) to the operation's socket
-        until the subscription ends; raises what ended it with an error."""
+        """Stream a room's messages (or every log entry) after `after` (or from now) to the
+        operation's socket until the subscription ends; raises what ended it with an error."""
         sink = await self.open_room(
-            operation=operation, user_id=user_id, room_id=room_id, after=after
+            operation=operation, user_id=user_id, room_id=room_id, after=after, events=events
         )
         await self._run(sink)
 
-    async def follow_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> None:
-        """Stream every new message of the user's rooms (rooms created later included)."""
-        await self._run(await self.open_inbox(operation=operation, user_id=user_id))
+    async def follow_inbox(
+        self, *, operation: Operation, user_id: uuid.UUID, events: bool = False
+    ) -> None:
+        """Stream every new message (or log entry) of the user's rooms, rooms joined later
+        included."""
+        await self._run(await self.open_inbox(operation=operation, user_id=user_id, events=events))
 
     async def open_room(
         self,
@@ -624,26 +688,41 @@ class Hub:
         user_id: uuid.UUID,
         room_id: uuid.UUID,
         after: str | None,
+        events: bool = False,
     ) -> Sink:
         """A room's subscription, checked (membership, cursor) but not yet attached."""
         after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
         last_seq = await chat.room_position(db=self.db, user_id=user_id, room_id=room_id)
         if after_seq is not None and after_seq > last_seq:
             # Taken at face value it would silence every live message up to it.
-            raise BadUserInput("That cursor is past the room's last message.")
+            raise BadUserInput("That cursor is past the room's last entry.")
         # Without a cursor the stream starts where the room stood when the request arrived,
         # so a message sent once the subscription is in place is never taken for an older one.
         start = last_seq if after_seq is None else after_seq
         channel = self._channel(room_channel(room_id), room_id)
         shape = self._shape(operation)
-        return RoomSink(self, operation, shape, channel, room_id=room_id, after_seq=start)
+        return RoomSink(
+            self,
+            operation,
+            shape,
+            channel,
+            user_id=user_id,
+            events=events,
+            room_id=room_id,
+            after_seq=start,
+        )
 
-    async def open_inbox(self, *, operation: Operation, user_id: uuid.UUID) -> Sink:
+    async def open_inbox(
+        self, *, operation: Operation, user_id: uuid.UUID, events: bool = False
+    ) -> Sink:
         """A user's inbox subscription, not yet attached."""
-        start = await chat.room_last_seqs(db=self.db, user_id=user_id)
+        positions = await chat.inbox_positions(db=self.db, user_id=user_id)
+        start = {room_id: last_seq for room_id, (last_seq, _) in positions.items()}
         channel = self._channel(user_channel(user_id), None)
         shape = self._shape(operation)
-        return InboxSink(self, operation, shape, channel, user_id=user_id, start=start)
+        return InboxSink(
+            self, operation, shape, channel, user_id=user_id, events=events, start=start
+        )
 
     def _shape(self, operation: Operation) -> Shape:
         prepared = self.documents.prepare(operation.query)
@@ -737,19 +816,19 @@ class Hub:
             if item is RESYNC:
                 self._resync(channel)
                 return True
-            message = self._seen(channel, item)
-            groups = self._groups(channel, message)
+            event = self._seen(channel, item)
+            groups = self._groups(channel, event)
             if not groups:
                 return True
-            root = self.to_root(message)
+            roots: dict[bool, Any] = {}
             ready = []
             for sinks in groups.values():
-                payload = self._result_now(sinks[0], root)
+                payload = self._result_now(sinks[0], self._root(roots, sinks[0], event))
                 if payload is None:
                     return False
                 ready.append((payload, sinks))
             for payload, sinks in ready:
-                self._emit(payload, sinks, message)
+                self._emit(payload, sinks, event)
         except Exception:  # a bug here must not stop delivery for everyone
             log.exception("delivery hub failed on an event of %s", channel.name)
         return True
@@ -758,14 +837,25 @@ class Hub:
         if item is RESYNC:
             self._resync(channel)
             return
-        message = self._seen(channel, item)
-        groups = self._groups(channel, message)
+        event = self._seen(channel, item)
+        groups = self._groups(channel, event)
         if not groups:
             return
-        root = self.to_root(message)
+        roots: dict[bool, Any] = {}
         for sinks in groups.values():
-            payload = await self.result(sinks[0], message, root)
-            self._emit(payload, sinks, message)
+            root = self._root(roots, sinks[0], event)
+            payload = await self.result(sinks[0], event, root)
+            self._emit(payload, sinks, event)
+
+    def _root(self, roots: dict[bool, Any], sink: Sink, event: EventView) -> Any:
+        """The value a sink's root field resolves to (the message, or the log entry), made
+        once per event for every sink that takes the same."""
+        root = roots.get(sink.events)
+        if root is None:
+            root = roots[sink.events] = (
+                self.to_event(event) if sink.events else self.to_message(event.message)
+            )
+        return root
 
     @staticmethod
     def _resync(channel: Channel) -> None:
@@ -773,38 +863,42 @@ class Hub:
         for sink in list(channel.sinks):
             sink.refill()
 
-    def _seen(self, channel: Channel, item: str) -> MessageView:
+    def _seen(self, channel: Channel, item: str) -> EventView:
         # One publish reaches the room's channel and each member's inbox channel with the same
         # payload (in-process, the same object): parse it once.
-        if item is self._last_payload and self._last_message is not None:
-            message = self._last_message
+        if item is self._last_payload and self._last_event is not None:
+            event = self._last_event
         else:
-            message = MessageView.from_json(item)
-            self._last_payload, self._last_message = item, message
-        if message.seq > channel.seen.get(message.room_id, 0):
-            channel.seen[message.room_id] = message.seq
-        return message
+            event = EventView.from_json(item)
+            self._last_payload, self._last_event = item, event
+        if event.seq > channel.seen.get(event.room_id, 0):
+            channel.seen[event.room_id] = event.seq
+        return event
 
-    def _emit(self, payload: bytes, sinks: list[Sink], message: MessageView) -> None:
+    def _emit(self, payload: bytes, sinks: list[Sink], event: EventView) -> None:
         for sink in sinks:
             # A socket may have fallen behind while the result was computed.
             if sink.live:
-                sink.emit(payload, message)
+                sink.emit(payload, event)
                 self.deliveries += 1
 
     @staticmethod
-    def _groups(channel: Channel, message: MessageView) -> dict[Any, list[Sink]]:
-        """The live sinks that take this message next, grouped by what their result is."""
+    def _groups(channel: Channel, event: EventView) -> dict[Any, list[Sink]]:
+        """The live sinks that take this event next as a result, grouped by what their result
+        is; sinks it is not a result of only move past it."""
         groups: dict[Any, list[Sink]] = {}
-        for sink in channel.sinks:
+        for sink in list(channel.sinks):
             if not sink.live:
                 continue
-            expected = sink.next_seq(message)
-            if message.seq < expected:
+            expected = sink.next_seq(event)
+            if event.seq < expected:
                 continue
-            if message.seq > expected:
+            if event.seq > expected:
                 # A gap: something was published that this sink did not see.
                 sink.refill()
+                continue
+            if not sink.wants(event):
+                sink.passed(event)
                 continue
             group = groups.get(sink.key)
             if group is None:
@@ -813,10 +907,10 @@ class Hub:
                 group.append(sink)
         return groups
 
-    async def result(self, sink: Sink, message: MessageView, root: Any = None) -> bytes:
-        """The encoded `payload` of a sink's result for one message."""
+    async def result(self, sink: Sink, event: EventView, root: Any = None) -> bytes:
+        """The encoded `payload` of a sink's result for one event."""
         if root is None:
-            root = self.to_root(message)
+            root = self._root({}, sink, event)
         payload = self._result_now(sink, root)
         if payload is not None:
             return payload

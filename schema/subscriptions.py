@@ -1,6 +1,7 @@
 """Subscriptions the delivery hub serves without strawberry's per-operation machinery.
 
-`messageAdded` and `inbox`, selected alone at the root, are most of what sockets hold. For
+`messageAdded`, `inbox`, `roomEvents` and `inboxEvents`, selected alone at the root, are most
+of what sockets hold. For
 those, the protocol handlers (schema.ws) hand the subscribe message here: it is checked
 (document, variables, arguments, session, membership) in a short task, after which the
 subscription is a sink in the hub and nothing else, with no task, generator or coroutine stack
@@ -75,7 +76,9 @@ def hub_operation(handler: Any, protocol: str, message: Any) -> Operation | None
     )
 
 
-HUB_FIELDS = frozenset({"messageAdded", "inbox"})
+HUB_FIELDS = frozenset({"messageAdded", "inbox", "roomEvents", "inboxEvents"})
+# The root fields that stream every log entry rather than only posted messages.
+EVENT_FIELDS = frozenset({"roomEvents", "inboxEvents"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +177,18 @@ class HubOperations:
         try:
             arguments = get_argument_values(definition, field, variables)
             auth = await operation.context.require_auth()
-            if field.name.value == "inbox":
-                return await hub.open_inbox(operation=operation, user_id=auth.user.id)
+            name = field.name.value
+            events = name in EVENT_FIELDS
+            if name in ("inbox", "inboxEvents"):
+                return await hub.open_inbox(
+                    operation=operation, user_id=auth.user.id, events=events
+                )
             return await hub.open_room(
                 operation=operation,
                 user_id=auth.user.id,
                 room_id=parse_room_id(arguments["roomId"]),
                 after=arguments.get("after"),
+                events=events,
             )
         except GraphQLError as error:
             raise located_error(error, [field], [key]) from None

@@ -4,6 +4,21 @@ import re
 import uuid
 
 DIRECT = "direct"
+GROUP = "group"
+
+# Roles in a group room, highest first.
+OWNER = "OWNER"
+ADMIN = "ADMIN"
+MEMBER = "MEMBER"
+ROLE_RANK = {OWNER: 3, ADMIN: 2, MEMBER: 1}
+
+MAX_ROOM_MEMBERS = 1000
+# createRoom names up to this many others (the contract: 1 to 99).
+MAX_CREATE_MEMBERS = 99
+ROOM_NAME_MAX_LENGTH = 100
+EMOJI_MAX_LENGTH = 32
+# Distinct reactions one user may have on one message.
+MAX_REACTIONS_PER_USER = 20
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100

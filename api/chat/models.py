@@ -36,6 +36,8 @@ class Room(SQLModel, table=True):
     # Random: a direct room's id must not be computable from its members' (public) ids.
     id: uuid.UUID = Field(primary_key=True)
     kind: str = Field(sa_column=Column(String(16), nullable=False))
+    # A group room's name; NULL for a direct room (its name is its members').
+    name: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
     # A direct room's two members, the lower id first; NULL for any other kind of room.
     direct_low: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
     direct_high: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
@@ -76,6 +78,15 @@ class RoomMember(SQLModel, table=True):
     last_activity_at: datetime | None = Field(
         default=None, sa_column=Column(UTCDateTime(), nullable=True)
     )
+    role: str = Field(
+        default="MEMBER", sa_column=Column(String(16), nullable=False, server_default="MEMBER")
+    )
+    joined_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    # The seq of the member's MemberJoined entry (0 for a direct room's members, who are there
+    # from the start): an inbox starts a room it joins there, not at the room's beginning.
+    joined_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class Message(SQLModel, table=True):
@@ -106,3 +117,53 @@ class Message(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+    edited_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    deleted_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
+
+
+class RoomEvent(SQLModel, table=True):
+    """One entry of a room's log. Every change to a room appends one with the room's next seq
+    (taken from rooms.last_seq under its row lock), so seqs are gap-free and in commit order
+    across all kinds, and one cursor resumes every stream."""
+
+    __tablename__ = "room_events"
+
+    room_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True)
+    )
+    seq: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    kind: str = Field(sa_column=Column(String(16), nullable=False))
+    actor_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("users.id", ondelete="RESTRICT"), nullable=False)
+    )
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # The message of a message or reaction entry.
+    message_id: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # The member of a membership or role entry.
+    member_id: uuid.UUID | None = Field(default=None, sa_column=Column(Uuid(), nullable=True))
+    # The small payload: an emoji, a role or a room name.
+    detail: str | None = Field(default=None, sa_column=Column(String(100), nullable=True))
+
+
+class Reaction(SQLModel, table=True):
+    """One user's reaction to a message. `seq` is the log seq that added it: a message's
+    reactions are listed by the first use of each emoji."""
+
+    __tablename__ = "reactions"
+    __table_args__ = (Index("ix_reactions_message_seq", "message_id", "seq"),)
+
+    message_id: int = Field(
+        sa_column=Column(
+            BigInteger,
+            ForeignKey("messages.id", ondelete="CASCADE"),
+            primary_key=True,
+            autoincrement=False,
+        )
+    )
+    user_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    )
+    emoji: str = Field(sa_column=Column(String(32), primary_key=True))
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))

@@ -1,4 +1,6 @@
-"""Chat: direct rooms, sending (idempotent, gap-free seq), history and room lists.
+"""Chat: direct rooms, sending (idempotent, gap-free seq), history, the log and room lists.
+
+Group rooms live in api.chat.groups, edits, deletes and reactions in api.chat.editing.
 
 The rules live here; every statement is in api.chat.store, and user views come from the users
 module (its directory caches them).
@@ -20,10 +22,15 @@ from api.chat.constants import (
     room_channel,
     user_channel,
 )
-from api.chat.store import MessageRow, RoomRow
+from api.chat.store import EventRow, MessageRow, RoomRow
 from api.chat.views import (
+    POSTED,
+    EventPage,
+    EventView,
+    MemberView,
     MessagePage,
     MessageView,
+    ReactionView,
     RoomPage,
     RoomView,
     decode_message_cursor,
@@ -92,7 +99,7 @@ def validate_message(
         )
 
 
-async def _views(
+async def message_views(
     db: Database, directory: UserDirectory | None, rows: Sequence[MessageRow]
 ) -> list[MessageView]:
     senders = await users.user_views(
@@ -111,7 +118,39 @@ def _view(row: MessageRow, sender: UserView) -> MessageView:
         data=row.data,
         created_at=row.created_at,
         client_message_id=row.client_message_id,
+        edited_at=row.edited_at,
+        deleted_at=row.deleted_at,
+        reactions=tuple(ReactionView(emoji, ids) for emoji, ids in row.reactions),
     )
+
+
+async def event_views(
+    db: Database, directory: UserDirectory | None, rows: Sequence[EventRow]
+) -> list[EventView]:
+    """Views of log entries: their actors, members and messages' senders from the users
+    module."""
+    wanted = {row.actor_id for row in rows}
+    wanted |= {row.member_id for row in rows if row.member_id is not None}
+    wanted |= {row.message.sender_id for row in rows if row.message is not None}
+    people = await users.user_views(db=db, ids=wanted, directory=directory)
+    return [
+        EventView(
+            room_id=row.room_id,
+            seq=row.seq,
+            kind=row.kind,
+            actor=people[row.actor_id],
+            created_at=row.created_at,
+            message=(
+                _view(row.message, people[row.message.sender_id])
+                if row.message is not None
+                else None
+            ),
+            message_id=row.message_id,
+            member=people[row.member_id] if row.member_id is not None else None,
+            detail=row.detail,
+        )
+        for row in rows
+    ]
 
 
 async def _peer(
@@ -263,7 +302,16 @@ async def _send(
     message = _view(appended.message, sender)
     # Also for a retry answered with the stored message: if the first attempt was cut off
     # between commit and publish, this is where subscribers hear of it (they drop duplicates).
-    await publish_message(pubsub=pubsub, message=message, member_ids=appended.member_ids)
+    posted = EventView(
+        room_id=message.room_id,
+        seq=message.seq,
+        kind=POSTED,
+        actor=sender,
+        created_at=message.created_at,
+        message=message,
+        message_id=message.id,
+    )
+    await publish_events(pubsub=pubsub, events=[posted], member_ids=appended.member_ids)
     return message
 
 
@@ -296,20 +344,21 @@ async def _append(
     raise Forbidden()
 
 
-async def publish_message(
-    *, pubsub: PubSub, message: MessageView, member_ids: Sequence[uuid.UUID]
+async def publish_events(
+    *, pubsub: PubSub, events: Sequence[EventView], member_ids: Sequence[uuid.UUID]
 ) -> None:
-    """Wake the room's subscribers and each member's inbox (after the commit, never before)."""
-    payload = message.to_json()
-    await pubsub.publish_many(
-        [
-            (room_channel(message.room_id), payload),
-            *((user_channel(member_id), payload) for member_id in member_ids),
-        ]
-    )
+    """Wake the room's subscribers and each member's inbox (after the commit, never before),
+    in seq order. `member_ids` are the members the entries concern: for a membership change,
+    those before and after it, so a removed member's inbox hears of their own removal."""
+    messages = []
+    for event in events:
+        payload = event.to_json()
+        messages.append((room_channel(event.room_id), payload))
+        messages.extend((user_channel(member_id), payload) for member_id in member_ids)
+    await pubsub.publish_many(messages)
 
 
-async def read_messages_after(
+async def read_events_after(
     *,
     db: Database,
     room_id: uuid.UUID,
@@ -317,12 +366,20 @@ async def read_messages_after(
     limit: int,
     up_to_seq: int | None = None,
     directory: UserDirectory | None = None,
-) -> list[MessageView]:
-    """Messages with seq > after_seq (and <= up_to_seq), oldest first: resume and gap filling."""
-    rows = await store.messages_after(
+) -> list[EventView]:
+    """Log entries with seq > after_seq (and <= up_to_seq), oldest first: resume and gap
+    filling."""
+    rows = await store.events_after(
         db, room_id=room_id, after_seq=after_seq, up_to_seq=up_to_seq, limit=limit
     )
-    return await _views(db, directory, rows)
+    return await event_views(db, directory, rows)
+
+
+async def left_at(
+    *, db: Database, room_id: uuid.UUID, user_id: uuid.UUID, after_seq: int
+) -> int | None:
+    """The seq of the user's first MemberLeft entry in the room after a seq, if any."""
+    return await store.left_at(db, room_id=room_id, user_id=user_id, after_seq=after_seq)
 
 
 def _page_size(value: int | None, name: str) -> int | None:
@@ -331,6 +388,35 @@ def _page_size(value: int | None, name: str) -> int | None:
     if value < 0 or value > MAX_PAGE_SIZE:
         raise BadUserInput(f"`{name}` must be between 0 and {MAX_PAGE_SIZE}.")
     return value
+
+
+def _paging(
+    *,
+    room_id: uuid.UUID,
+    first: int | None,
+    after: str | None,
+    last: int | None,
+    before: str | None,
+) -> tuple[int | None, int | None, int, bool]:
+    """(after seq, before seq, page size, forward) from Relay arguments."""
+    first = _page_size(first, "first")
+    last = _page_size(last, "last")
+    if first is not None and last is not None:
+        raise BadUserInput("Pass either `first` or `last`, not both.")
+    after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
+    before_seq = decode_message_cursor(before, room_id=room_id) if before is not None else None
+    forward = first is not None
+    size = first if forward else (last if last is not None else DEFAULT_PAGE_SIZE)
+    assert size is not None
+    return after_seq, before_seq, size, forward
+
+
+def _checked(where: store.Position | None) -> store.Position:
+    if where is None:
+        raise NotFound("No such room.")
+    if not where.is_member:
+        raise Forbidden()
+    return where
 
 
 async def list_messages(
@@ -346,52 +432,67 @@ async def list_messages(
 ) -> MessagePage:
     """One keyset page of a room's history (never OFFSET), oldest first within the page.
 
-    Seqs run 1, 2, 3 ... without gaps, so whether a page has neighbours follows from its
-    first and last seq and the room's last_seq, without another query.
+    Cursors are log positions (any entry's works). One row beyond the page tells whether there
+    is more in the paging direction; in the other, a page reaches its cursor, so there is
+    nothing between the two (Relay's window of the arguments).
     """
-    first = _page_size(first, "first")
-    last = _page_size(last, "last")
-    if first is not None and last is not None:
-        raise BadUserInput("Pass either `first` or `last`, not both.")
-    after_seq = decode_message_cursor(after, room_id=room_id) if after is not None else None
-    before_seq = decode_message_cursor(before, room_id=room_id) if before is not None else None
-    forward = first is not None
-    size = first if forward else (last if last is not None else DEFAULT_PAGE_SIZE)
-    assert size is not None
+    after_seq, before_seq, size, forward = _paging(
+        room_id=room_id, first=first, after=after, last=last, before=before
+    )
     where, rows = await store.page(
         db,
         room_id=room_id,
         user_id=user.id,
         after_seq=after_seq,
         before_seq=before_seq,
-        size=size,
+        size=size + 1,
         forward=forward,
     )
-    if where is None:
-        raise NotFound("No such room.")
-    if not where.is_member:
-        raise Forbidden()
-    messages = await _views(db, directory, rows)
+    _checked(where)
+    more = len(rows) > size
+    messages = await message_views(db, directory, rows[:size])
     if not forward:
         messages.reverse()
-    last_seq = where.last_seq
-    if messages:
-        low, high = messages[0].seq, messages[-1].seq
-    else:
-        # An empty page sits between its cursors.
-        if forward:
-            low = (after_seq or 0) + 1
-        else:
-            low = min(last_seq + 1 if before_seq is None else before_seq, last_seq + 1)
-        high = low - 1
-        if forward and before_seq is not None:
-            high = min(high, before_seq - 1)
-    upper_bound = last_seq if before_seq is None else min(last_seq, before_seq - 1)
-    lower_bound = 1 if after_seq is None else after_seq + 1
     return MessagePage(
         messages=messages,
-        has_next_page=high < upper_bound,
-        has_previous_page=low > lower_bound,
+        has_next_page=more if forward else False,
+        has_previous_page=False if forward else more,
+    )
+
+
+async def list_events(
+    *,
+    db: Database,
+    user: UserView,
+    room_id: uuid.UUID,
+    first: int | None = None,
+    after: str | None = None,
+    last: int | None = None,
+    before: str | None = None,
+    directory: UserDirectory | None = None,
+) -> EventPage:
+    """One keyset page of a room's log, with the paging rules of `list_messages`."""
+    after_seq, before_seq, size, forward = _paging(
+        room_id=room_id, first=first, after=after, last=last, before=before
+    )
+    where, rows = await store.events_page(
+        db,
+        room_id=room_id,
+        user_id=user.id,
+        after_seq=after_seq,
+        before_seq=before_seq,
+        size=size + 1,
+        forward=forward,
+    )
+    _checked(where)
+    more = len(rows) > size
+    events = await event_views(db, directory, rows[:size])
+    if not forward:
+        events.reverse()
+    return EventPage(
+        events=events,
+        has_next_page=more if forward else False,
+        has_previous_page=False if forward else more,
     )
 
 
@@ -403,10 +504,15 @@ async def _room_views(
     people = await users.user_views(db=db, ids=wanted, directory=directory)
     views = []
     for row in rows:
-        members = sorted(
-            (people[member] for member in row.member_ids if member in people),
-            key=lambda member: member.name,
-        )
+        members = [
+            MemberView(
+                user=people[member.user_id],
+                role=member.role,
+                joined_at=member.joined_at or row.created_at,
+            )
+            for member in row.members
+            if member.user_id in people
+        ]
         last = row.last_message
         views.append(
             RoomView(
@@ -415,6 +521,9 @@ async def _room_views(
                 members=members,
                 last_message=_view(last, people[last.sender_id]) if last else None,
                 last_activity_at=row.last_activity_at,
+                last_seq=row.last_seq,
+                created_at=row.created_at,
+                group_name=row.name,
             )
         )
     return views
@@ -440,7 +549,8 @@ async def list_rooms(
     after: str | None = None,
     directory: UserDirectory | None = None,
 ) -> RoomPage:
-    """The user's rooms that have messages, most recent activity first (keyset on activity, id)."""
+    """The user's rooms with activity (direct rooms with messages, every group), most recent
+    activity first (keyset on activity, id)."""
     size = _page_size(first if first is not None else DEFAULT_ROOMS_PAGE_SIZE, "first")
     assert size is not None
     position = decode_room_cursor(after) if after is not None else None
@@ -451,6 +561,7 @@ async def list_rooms(
     )
 
 
-async def room_last_seqs(*, db: Database, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
-    """Each of the user's rooms with its last seq (the inbox's starting point)."""
-    return await store.last_seqs(db, user_id=user_id)
+async def inbox_positions(*, db: Database, user_id: uuid.UUID) -> dict[uuid.UUID, tuple[int, int]]:
+    """Each of the user's rooms with its last seq and the seq where the user joined it (the
+    inbox's starting points)."""
+    return await store.inbox_positions(db, user_id=user_id)

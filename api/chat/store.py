@@ -1,4 +1,7 @@
-"""All SQL of the chat module: rooms, members and messages.
+"""SQL of the chat module's hot paths: sending, history, the log, rooms and membership.
+
+Changes other than sending (edits, reactions, membership) run in a room transaction of their
+own (api.chat.changes).
 
 On PostgreSQL the hot statements (send, membership with the room's position, history page,
 messages after a seq, room list) are single prepared statements through asyncpg: one round
@@ -12,21 +15,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select, and_, or_, select, tuple_, update
+from sqlalchemy import Select, and_, func, select, tuple_, update
 from sqlalchemy.dialects import sqlite
 
-from api.chat.constants import DIRECT
-from api.chat.models import Message, Room, RoomMember
+from api.chat.constants import DIRECT, MEMBER
+from api.chat.models import Message, Reaction, Room, RoomEvent, RoomMember
+from api.chat.views import POSTED
 from api.core.db import Database
 
 ROOMS = Room.__table__  # type: ignore[attr-defined]
 MEMBERS = RoomMember.__table__  # type: ignore[attr-defined]
 MESSAGES = Message.__table__  # type: ignore[attr-defined]
+EVENTS = RoomEvent.__table__  # type: ignore[attr-defined]
+REACTIONS = Reaction.__table__  # type: ignore[attr-defined]
 
 # Beyond any seq, for "no upper bound" in prepared statements.
 NO_SEQ_LIMIT = 2**62
@@ -44,6 +50,32 @@ class MessageRow:
     data: str
     created_at: datetime
     client_message_id: str | None
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    # (emoji, user ids in the order they reacted), by each emoji's first use.
+    reactions: tuple[tuple[str, tuple[uuid.UUID, ...]], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A log entry as the table holds it, with its message (as it is now) where it has one."""
+
+    room_id: uuid.UUID
+    seq: int
+    kind: str
+    actor_id: uuid.UUID
+    created_at: datetime
+    message_id: int | None
+    member_id: uuid.UUID | None
+    detail: str | None
+    message: MessageRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    user_id: uuid.UUID
+    role: str
+    joined_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +102,53 @@ class Appended:
 class RoomRow:
     id: uuid.UUID
     kind: str
+    name: str | None
+    last_seq: int
+    created_at: datetime
     last_activity_at: datetime | None
-    member_ids: list[uuid.UUID]
+    members: list[MemberRow]
     last_message: MessageRow | None
 
+    @property
+    def member_ids(self) -> list[uuid.UUID]:
+        return [member.user_id for member in self.members]
 
-_MESSAGE_COLUMNS = "id, room_id, seq, sender_id, type, data, created_at, client_message_id"
+
+_MESSAGE_COLUMNS = (
+    "id, room_id, seq, sender_id, type, data, created_at, client_message_id, edited_at, deleted_at"
+)
+# A message's reactions as two parallel arrays in the order of their log seqs (the index
+# (message_id, seq) serves it): grouped by emoji in Python, in first-use order.
+_REACTION_ARRAYS = """
+       ARRAY(SELECT emoji FROM reactions WHERE message_id = {m}.id ORDER BY seq) AS r_emojis,
+       ARRAY(SELECT user_id FROM reactions WHERE message_id = {m}.id ORDER BY seq) AS r_users
+"""
 
 
-def _message(record: Any) -> MessageRow:
+def _grouped(
+    pairs: Sequence[tuple[str, uuid.UUID]],
+) -> tuple[tuple[str, tuple[uuid.UUID, ...]], ...]:
+    """(emoji, user) pairs in log order, as reactions in first-use order."""
+    grouped: dict[str, list[uuid.UUID]] = {}
+    for emoji, user_id in pairs:
+        grouped.setdefault(emoji, []).append(user_id)
+    return tuple((emoji, tuple(users)) for emoji, users in grouped.items())
+
+
+def _message(record: Any, prefix: str = "") -> MessageRow:
+    emojis = record.get("r_emojis")
     return MessageRow(
-        id=record["id"],
-        room_id=record["room_id"],
-        seq=record["seq"],
-        sender_id=record["sender_id"],
-        type=record["type"],
-        data=record["data"],
-        created_at=record["created_at"],
-        client_message_id=record["client_message_id"],
+        id=record[prefix + "id"],
+        room_id=record[prefix + "room_id"],
+        seq=record[prefix + "seq"],
+        sender_id=record[prefix + "sender_id"],
+        type=record[prefix + "type"],
+        data=record[prefix + "data"],
+        created_at=record[prefix + "created_at"],
+        client_message_id=record[prefix + "client_message_id"],
+        edited_at=record[prefix + "edited_at"],
+        deleted_at=record[prefix + "deleted_at"],
+        reactions=_grouped(list(zip(emojis, record["r_users"], strict=True))) if emojis else (),
     )
 
 
@@ -95,19 +156,38 @@ def _message_from_row(row: Any) -> MessageRow:
     return _message(row._mapping)
 
 
+async def with_reactions(connection: Any, rows: Sequence[MessageRow]) -> list[MessageRow]:
+    """The rows with their reactions (SQLite: one more statement for all of them)."""
+    if not rows:
+        return list(rows)
+    found: dict[int, list[tuple[str, uuid.UUID]]] = {}
+    for message_id, emoji, user_id in (
+        await connection.execute(
+            select(REACTIONS.c.message_id, REACTIONS.c.emoji, REACTIONS.c.user_id)
+            .where(REACTIONS.c.message_id.in_({row.id for row in rows}))
+            .order_by(REACTIONS.c.seq)
+        )
+    ).all():
+        found.setdefault(message_id, []).append((emoji, user_id))
+    return [
+        replace(row, reactions=_grouped(found[row.id])) if row.id in found else row for row in rows
+    ]
+
+
 # --- send -------------------------------------------------------------------------------------
 
 # One statement, one round trip: check membership, skip a retried clientMessageId, take the
 # room's next seq (the UPDATE's row lock orders concurrent senders until commit, so seq order
-# is commit order), insert, and move the room up in each member's list (`touched`; the rooms
-# row is always locked first, so senders cannot deadlock on the member rows). Two senders
-# racing with the same clientMessageId both pass `existing`; the unique index then fails the
-# second statement whole (its seq bump included), and the caller reads the winner's message.
+# is commit order), insert the message and its MessagePosted log entry, and move the room up in
+# each member's list (`touched`; the rooms row is always locked first, so senders cannot
+# deadlock on the member rows). Two senders racing with the same clientMessageId both pass
+# `existing`; the unique index then fails the second statement whole (its seq bump included),
+# and the caller reads the winner's message.
 _APPEND = """
 WITH member AS (
     SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
 ), existing AS (
-    SELECT id, seq, type, data, created_at FROM messages
+    SELECT id, seq, type, data, created_at, edited_at, deleted_at FROM messages
     WHERE $5::varchar IS NOT NULL
       AND room_id = $1 AND sender_id = $2 AND client_message_id = $5::varchar
 ), bumped AS (
@@ -118,6 +198,9 @@ WITH member AS (
     INSERT INTO messages (room_id, seq, sender_id, type, data, client_message_id, created_at)
     SELECT $1, last_seq, $2, $3, $4, $5::varchar, $6 FROM bumped
     RETURNING id, seq
+), logged AS (
+    INSERT INTO room_events (room_id, seq, kind, actor_id, created_at, message_id)
+    SELECT $1, seq, 'posted', $2, $6, id FROM inserted
 ), touched AS (
     UPDATE room_members SET last_activity_at = $6
     WHERE room_id = $1 AND EXISTS (SELECT 1 FROM bumped)
@@ -126,7 +209,7 @@ SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = $1) AS member_ids,
        i.id, i.seq,
        e.id AS e_id, e.seq AS e_seq, e.type AS e_type, e.data AS e_data,
-       e.created_at AS e_created_at
+       e.created_at AS e_created_at, e.edited_at AS e_edited_at, e.deleted_at AS e_deleted_at
 FROM (SELECT 1) AS one
 LEFT JOIN inserted i ON true
 LEFT JOIN existing e ON true
@@ -188,6 +271,8 @@ async def append_message(
             data=record["e_data"],
             created_at=record["e_created_at"],
             client_message_id=client_message_id,
+            edited_at=record["e_edited_at"],
+            deleted_at=record["e_deleted_at"],
         )
         return Appended(existing, False, members)
     return await _append_sqlite(
@@ -264,6 +349,16 @@ async def _append_sqlite(
                 .returning(MESSAGES.c.id)
             )
         ).scalar_one()
+        await connection.execute(
+            EVENTS.insert().values(
+                room_id=room_id,
+                seq=seq,
+                kind=POSTED,
+                actor_id=sender_id,
+                created_at=at,
+                message_id=message_id,
+            )
+        )
     message = MessageRow(
         id=message_id,
         room_id=room_id,
@@ -340,8 +435,8 @@ async def ensure_direct_room(
                 existing: uuid.UUID = await connection.fetchval(_DIRECT_ROOM, *pair)
                 return existing
             await connection.executemany(
-                "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2)",
-                [(created, member) for member in pair],
+                "INSERT INTO room_members (room_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                [(created, member, at) for member in pair],
             )
             return created  # type: ignore[no-any-return]
     async with db.write() as connection:
@@ -368,7 +463,9 @@ async def ensure_direct_room(
             ).scalar_one()
             return existing
         await connection.execute(
-            MEMBERS.insert().values([{"room_id": room_id, "user_id": m} for m in pair])
+            MEMBERS.insert().values(
+                [{"room_id": room_id, "user_id": m, "joined_at": at, "role": MEMBER} for m in pair]
+            )
         )
     return room_id
 
@@ -398,25 +495,57 @@ async def position(db: Database, *, room_id: uuid.UUID, user_id: uuid.UUID) -> P
     return Position(row.last_seq, bool(row.is_member)) if row is not None else None
 
 
-_LAST_SEQS = """
-SELECT r.id, r.last_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
+_INBOX_POSITIONS = """
+SELECT r.id, r.last_seq, m.joined_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
 WHERE m.user_id = $1
 """
 
 
-async def last_seqs(db: Database, *, user_id: uuid.UUID) -> dict[uuid.UUID, int]:
-    """Each of the user's rooms with its last seq."""
+async def inbox_positions(db: Database, *, user_id: uuid.UUID) -> dict[uuid.UUID, tuple[int, int]]:
+    """Each of the user's rooms with its last seq and the seq of the user's MemberJoined entry
+    (0 where they were there from the start)."""
     if db.pg is not None:
-        return {record[0]: record[1] for record in await db.pg.fetch(_LAST_SEQS, user_id)}
+        return {r[0]: (r[1], r[2]) for r in await db.pg.fetch(_INBOX_POSITIONS, user_id)}
     async with db.read() as connection:
         rows = (
             await connection.execute(
-                select(ROOMS.c.id, ROOMS.c.last_seq)
+                select(ROOMS.c.id, ROOMS.c.last_seq, MEMBERS.c.joined_seq)
                 .join(MEMBERS, MEMBERS.c.room_id == ROOMS.c.id)
                 .where(MEMBERS.c.user_id == user_id)
             )
         ).all()
-    return {row.id: row.last_seq for row in rows}
+    return {row.id: (row.last_seq, row.joined_seq) for row in rows}
+
+
+_LEFT_AT = """
+SELECT seq FROM room_events
+WHERE room_id = $1 AND seq > $2 AND kind = 'left' AND member_id = $3
+ORDER BY seq LIMIT 1
+"""
+
+
+async def left_at(
+    db: Database, *, room_id: uuid.UUID, user_id: uuid.UUID, after_seq: int
+) -> int | None:
+    """The seq of the user's first MemberLeft entry in the room after a seq, if any."""
+    if db.pg is not None:
+        record = await db.pg.fetchrow(_LEFT_AT, room_id, after_seq, user_id)
+        return record[0] if record is not None else None
+    async with db.read() as connection:
+        found: int | None = (
+            await connection.execute(
+                select(EVENTS.c.seq)
+                .where(
+                    EVENTS.c.room_id == room_id,
+                    EVENTS.c.seq > after_seq,
+                    EVENTS.c.kind == "left",
+                    EVENTS.c.member_id == user_id,
+                )
+                .order_by(EVENTS.c.seq)
+                .limit(1)
+            )
+        ).scalar()
+    return found
 
 
 # --- history ------------------------------------------------------------------------------------
@@ -425,7 +554,7 @@ async def last_seqs(db: Database, *, user_id: uuid.UUID) -> dict[uuid.UUID, int]
 # comes back (with NULL message columns when the page is empty); no row means no such room.
 _PAGE_COLUMNS = ", ".join(f"m.{name}" for name in _MESSAGE_COLUMNS.split(", "))
 _PAGE_FORWARD = f"""
-SELECT r.last_seq, r.is_member, {_PAGE_COLUMNS}
+SELECT r.last_seq, r.is_member, {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
 FROM (
     SELECT last_seq, EXISTS (
         SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
@@ -476,51 +605,179 @@ async def page(
                 .limit(size)
             )
         ).all()
-    return found, [_message_from_row(row) for row in rows]
+        return found, await with_reactions(connection, [_message_from_row(r) for r in rows])
 
 
-_AFTER = f"""
-SELECT {_MESSAGE_COLUMNS} FROM messages
-WHERE room_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4
+# The log: entries with their messages as they are now.
+_EVENT_COLUMNS = (
+    "e.room_id AS e_room_id, e.seq AS e_seq, e.kind, e.actor_id, e.created_at AS e_created_at, "
+    "e.message_id, e.member_id, e.detail"
+)
+_EVENTS_AFTER = f"""
+SELECT {_EVENT_COLUMNS}, {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
+FROM room_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind IN ('posted', 'edited')
+WHERE e.room_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq LIMIT $4
 """
+_EVENTS_PAGE_FORWARD = f"""
+SELECT r.last_seq, r.is_member, {_EVENT_COLUMNS}, {_PAGE_COLUMNS},
+       {_REACTION_ARRAYS.format(m="m")}
+FROM (
+    SELECT last_seq, EXISTS (
+        SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
+    ) AS is_member
+    FROM rooms WHERE id = $1
+) AS r
+LEFT JOIN LATERAL (
+    SELECT * FROM room_events
+    WHERE r.is_member AND room_events.room_id = $1
+      AND room_events.seq > $3 AND room_events.seq < $4
+    ORDER BY room_events.seq ASC LIMIT $5
+) AS e ON true
+LEFT JOIN messages m ON m.id = e.message_id AND e.kind IN ('posted', 'edited')
+"""
+_EVENTS_PAGE_BACKWARD = _EVENTS_PAGE_FORWARD.replace(
+    "ORDER BY room_events.seq ASC", "ORDER BY room_events.seq DESC"
+)
 
 
-async def messages_after(
+def _event(record: Any) -> EventRow:
+    return EventRow(
+        room_id=record["e_room_id"],
+        seq=record["e_seq"],
+        kind=record["kind"],
+        actor_id=record["actor_id"],
+        created_at=record["e_created_at"],
+        message_id=record["message_id"],
+        member_id=record["member_id"],
+        detail=record["detail"],
+        message=_message(record) if record["id"] is not None else None,
+    )
+
+
+def _events_sqlite() -> Select[Any]:
+    labelled = [column.label(f"e_{column.name}") for column in EVENTS.c]
+    return select(*labelled, *MESSAGES.c).select_from(
+        EVENTS.outerjoin(
+            MESSAGES,
+            and_(MESSAGES.c.id == EVENTS.c.message_id, EVENTS.c.kind.in_(("posted", "edited"))),
+        )
+    )
+
+
+async def _event_rows_sqlite(connection: Any, query: Select[Any]) -> list[EventRow]:
+    rows = (await connection.execute(query)).all()
+    messages = await with_reactions(
+        connection, [_message_from_row(row) for row in rows if row.id is not None]
+    )
+    by_id = {message.id: message for message in messages}
+    return [
+        EventRow(
+            room_id=row.e_room_id,
+            seq=row.e_seq,
+            kind=row.e_kind,
+            actor_id=row.e_actor_id,
+            created_at=row.e_created_at,
+            message_id=row.e_message_id,
+            member_id=row.e_member_id,
+            detail=row.e_detail,
+            message=by_id.get(row.id) if row.id is not None else None,
+        )
+        for row in rows
+    ]
+
+
+async def events_after(
     db: Database, *, room_id: uuid.UUID, after_seq: int, up_to_seq: int | None, limit: int
-) -> list[MessageRow]:
-    """Messages with after_seq < seq <= up_to_seq, oldest first: resume and gap filling."""
+) -> list[EventRow]:
+    """Log entries with after_seq < seq <= up_to_seq, oldest first: resume and gap filling."""
     high = up_to_seq if up_to_seq is not None else NO_SEQ_LIMIT
     if db.pg is not None:
-        return [_message(r) for r in await db.pg.fetch(_AFTER, room_id, after_seq, high, limit)]
+        records = await db.pg.fetch(_EVENTS_AFTER, room_id, after_seq, high, limit)
+        return [_event(r) for r in records]
+    query = (
+        _events_sqlite()
+        .where(EVENTS.c.room_id == room_id, EVENTS.c.seq > after_seq, EVENTS.c.seq <= high)
+        .order_by(EVENTS.c.seq)
+        .limit(limit)
+    )
     async with db.read() as connection:
-        rows = (
-            await connection.execute(
-                select(MESSAGES)
-                .where(
-                    MESSAGES.c.room_id == room_id,
-                    MESSAGES.c.seq > after_seq,
-                    MESSAGES.c.seq <= high,
-                )
-                .order_by(MESSAGES.c.seq)
-                .limit(limit)
-            )
-        ).all()
-    return [_message_from_row(row) for row in rows]
+        return await _event_rows_sqlite(connection, query)
+
+
+async def events_page(
+    db: Database,
+    *,
+    room_id: uuid.UUID,
+    user_id: uuid.UUID,
+    after_seq: int | None,
+    before_seq: int | None,
+    size: int,
+    forward: bool,
+) -> tuple[Position | None, list[EventRow]]:
+    """Like `page`, over every entry of the log."""
+    low = after_seq if after_seq is not None else 0
+    high = before_seq if before_seq is not None else NO_SEQ_LIMIT
+    if db.pg is not None:
+        records = await db.pg.fetch(
+            _EVENTS_PAGE_FORWARD if forward else _EVENTS_PAGE_BACKWARD,
+            room_id,
+            user_id,
+            low,
+            high,
+            size,
+        )
+        if not records:
+            return None, []
+        where = Position(records[0]["last_seq"], records[0]["is_member"])
+        return where, [_event(r) for r in records if r["e_seq"] is not None]
+    found = await position(db, room_id=room_id, user_id=user_id)
+    if found is None or not found.is_member or not size:
+        return found, []
+    order = EVENTS.c.seq if forward else EVENTS.c.seq.desc()
+    query = (
+        _events_sqlite()
+        .where(EVENTS.c.room_id == room_id, EVENTS.c.seq > low, EVENTS.c.seq < high)
+        .order_by(order)
+        .limit(size)
+    )
+    async with db.read() as connection:
+        return found, await _event_rows_sqlite(connection, query)
 
 
 # --- room lists ---------------------------------------------------------------------------------
 
+# Each room with its members (parallel arrays in primary-key order, so no sort: put in the
+# order they joined here) and its newest message that is not deleted (the index on
+# (room_id, seq) read backwards, skipping tombstones).
+_ROOM_COLUMNS = f"""
+SELECT r.id AS r_id, r.kind, r.name AS r_name, r.last_seq AS r_last_seq,
+       r.created_at AS r_created_at,
+       ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_ids,
+       ARRAY(SELECT role FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_roles,
+       ARRAY(SELECT joined_at FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_joined,
+       ARRAY(SELECT joined_seq FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_joined_seq,
+       {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
+"""
+_LAST_MESSAGE = f"""
+LEFT JOIN LATERAL (
+    SELECT {_MESSAGE_COLUMNS} FROM messages
+    WHERE messages.room_id = r.id AND messages.deleted_at IS NULL
+    ORDER BY messages.seq DESC LIMIT 1
+) AS m ON true
+"""
 # The user's rooms by their own last-activity column, in the order of the index
 # (user_id, last_activity_at DESC, room_id DESC): a page reads its rows from the cursor on and
 # stops, whatever the number of rooms. The first page and the later ones are separate
 # statements, so each keeps a plan that uses the index.
 _ROOMS_SELECT = f"""
-SELECT r.id AS r_id, r.kind, rm.last_activity_at,
-       ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id) AS member_ids,
-       {_PAGE_COLUMNS}
+{_ROOM_COLUMNS}, rm.last_activity_at
 FROM room_members rm
 JOIN rooms r ON r.id = rm.room_id
-LEFT JOIN messages m ON m.room_id = r.id AND m.seq = r.last_seq
+{_LAST_MESSAGE}
 WHERE rm.user_id = $1 AND rm.last_activity_at IS NOT NULL
 """
 _ROOMS_ORDER = """
@@ -530,11 +787,9 @@ LIMIT $2
 ROOMS_FIRST = _ROOMS_SELECT + _ROOMS_ORDER
 ROOMS_AFTER = _ROOMS_SELECT + "  AND (rm.last_activity_at, rm.room_id) < ($3, $4)" + _ROOMS_ORDER
 _ROOM = f"""
-SELECT r.id AS r_id, r.kind, r.last_activity_at,
-       ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id) AS member_ids,
-       {_PAGE_COLUMNS}
+{_ROOM_COLUMNS}, r.last_activity_at
 FROM rooms r
-LEFT JOIN messages m ON m.room_id = r.id AND m.seq = r.last_seq
+{_LAST_MESSAGE}
 WHERE r.id = $1
 """
 
@@ -543,8 +798,23 @@ def _room(record: Any) -> RoomRow:
     return RoomRow(
         id=record["r_id"],
         kind=record["kind"],
+        name=record["r_name"],
+        last_seq=record["r_last_seq"],
+        created_at=record["r_created_at"],
         last_activity_at=record["last_activity_at"],
-        member_ids=list(record["member_ids"]),
+        members=[
+            MemberRow(user_id, role, joined)
+            for _, joined, user_id, role in sorted(
+                zip(
+                    record["member_joined_seq"],
+                    record["member_joined"],
+                    record["member_ids"],
+                    record["member_roles"],
+                    strict=True,
+                ),
+                key=lambda member: (member[0], member[1], member[2]),
+            )
+        ],
         last_message=_message(record) if record["id"] is not None else None,
     )
 
@@ -556,8 +826,8 @@ async def rooms_of(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> list[RoomRow]:
-    """The user's rooms that have messages, most recent activity first (keyset on activity,
-    id), each with its members and last message."""
+    """The user's rooms with activity, most recent first (keyset on activity, id), each with
+    its members and last message."""
     if db.pg is not None:
         if after is None:
             records = await db.pg.fetch(ROOMS_FIRST, user_id, limit)
@@ -566,7 +836,7 @@ async def rooms_of(
         return [_room(r) for r in records]
     async with db.read() as connection:
         rooms = (await connection.execute(rooms_of_sqlite(user_id, after, limit))).all()
-    return await _sqlite_room_rows(db, rooms)
+        return await _sqlite_room_rows(connection, rooms, per_member=True)
 
 
 def rooms_of_sqlite(
@@ -590,45 +860,50 @@ async def room(db: Database, *, room_id: uuid.UUID) -> RoomRow | None:
         return _room(record) if record is not None else None
     async with db.read() as connection:
         rooms = (await connection.execute(select(ROOMS).where(ROOMS.c.id == room_id))).all()
-    rows = await _sqlite_room_rows(db, rooms)
+        rows = await _sqlite_room_rows(connection, rooms, per_member=False)
     return rows[0] if rows else None
 
 
-async def _sqlite_room_rows(db: Database, rooms: Sequence[Any]) -> list[RoomRow]:
+async def _sqlite_room_rows(
+    connection: Any, rooms: Sequence[Any], *, per_member: bool
+) -> list[RoomRow]:
     if not rooms:
         return []
     ids = [row.id for row in rooms]
-    async with db.read() as connection:
-        members: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for room_id, member in (
-            await connection.execute(
-                select(MEMBERS.c.room_id, MEMBERS.c.user_id).where(MEMBERS.c.room_id.in_(ids))
+    members: dict[uuid.UUID, list[MemberRow]] = {}
+    for room_id, user_id, role, joined_at in (
+        await connection.execute(
+            select(MEMBERS.c.room_id, MEMBERS.c.user_id, MEMBERS.c.role, MEMBERS.c.joined_at)
+            .where(MEMBERS.c.room_id.in_(ids))
+            .order_by(MEMBERS.c.joined_seq, MEMBERS.c.joined_at, MEMBERS.c.user_id)
+        )
+    ).all():
+        members.setdefault(room_id, []).append(MemberRow(user_id, role, joined_at))
+    last: dict[uuid.UUID, MessageRow] = {}
+    newest = (
+        select(MESSAGES.c.room_id, func.max(MESSAGES.c.seq).label("seq"))
+        .where(MESSAGES.c.room_id.in_(ids), MESSAGES.c.deleted_at.is_(None))
+        .group_by(MESSAGES.c.room_id)
+        .subquery()
+    )
+    rows = (
+        await connection.execute(
+            select(MESSAGES).join(
+                newest, and_(MESSAGES.c.room_id == newest.c.room_id, MESSAGES.c.seq == newest.c.seq)
             )
-        ).all():
-            members.setdefault(room_id, []).append(member)
-        with_messages = [(row.id, row.last_seq) for row in rooms if row.last_seq > 0]
-        last: dict[uuid.UUID, MessageRow] = {}
-        if with_messages:
-            for row in (
-                await connection.execute(
-                    select(MESSAGES).where(
-                        or_(
-                            *(
-                                and_(MESSAGES.c.room_id == rid, MESSAGES.c.seq == seq)
-                                for rid, seq in with_messages
-                            )
-                        )
-                    )
-                )
-            ).all():
-                message = _message_from_row(row)
-                last[message.room_id] = message
+        )
+    ).all()
+    for message in await with_reactions(connection, [_message_from_row(r) for r in rows]):
+        last[message.room_id] = message
     return [
         RoomRow(
             id=row.id,
             kind=row.kind,
-            last_activity_at=row.last_activity_at,
-            member_ids=members.get(row.id, []),
+            name=row.name,
+            last_seq=row.last_seq,
+            created_at=row.created_at,
+            last_activity_at=row.member_activity if per_member else row.last_activity_at,
+            members=members.get(row.id, []),
             last_message=last.get(row.id),
         )
         for row in rooms

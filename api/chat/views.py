@@ -14,7 +14,43 @@ import orjson
 from api.core.errors import BadUserInput
 from api.users.views import UserView
 
-__all__ = ["MessagePage", "MessageView", "RoomPage", "RoomView", "UserView"]
+__all__ = [
+    "EventPage",
+    "EventView",
+    "MemberView",
+    "MessagePage",
+    "MessageView",
+    "ReactionView",
+    "RoomPage",
+    "RoomView",
+    "UserView",
+]
+
+
+# Kinds of log entries (room_events.kind).
+POSTED = "posted"
+EDITED = "edited"
+DELETED = "deleted"
+REACTION_ADDED = "reacted"
+REACTION_REMOVED = "unreacted"
+JOINED = "joined"
+LEFT = "left"
+ROLE_CHANGED = "role"
+RENAMED = "renamed"
+# Entries whose `message` is the message as it is now.
+WITH_MESSAGE = frozenset({POSTED, EDITED})
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionView:
+    """One emoji on a message and who used it, in the order they did."""
+
+    emoji: str
+    user_ids: tuple[uuid.UUID, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.user_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +63,63 @@ class MessageView:
     data: str
     created_at: datetime
     client_message_id: str | None
+    edited_at: datetime | None = None
+    deleted_at: datetime | None = None
+    reactions: tuple[ReactionView, ...] = ()
+
+    @property
+    def cursor(self) -> str:
+        return encode_message_cursor(self.room_id, self.seq)
+
+    def to_raw(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "sender": _user_raw(self.sender),
+            "type": self.type,
+            "data": self.data,
+            "at": self.created_at.isoformat(),
+            "cmid": self.client_message_id,
+            "edited": self.edited_at.isoformat() if self.edited_at else None,
+            "deleted": self.deleted_at.isoformat() if self.deleted_at else None,
+            "reactions": [[r.emoji, [str(u) for u in r.user_ids]] for r in self.reactions],
+        }
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], room_id: uuid.UUID) -> MessageView:
+        return cls(
+            id=raw["id"],
+            room_id=room_id,
+            seq=raw["seq"],
+            sender=_user_from_raw(raw["sender"]),
+            type=raw["type"],
+            data=raw["data"],
+            created_at=datetime.fromisoformat(raw["at"]),
+            client_message_id=raw["cmid"],
+            edited_at=_time(raw["edited"]),
+            deleted_at=_time(raw["deleted"]),
+            reactions=tuple(
+                ReactionView(emoji, tuple(uuid.UUID(u) for u in ids))
+                for emoji, ids in raw["reactions"]
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventView:
+    """One entry of a room's log, with what its kind carries: the message as it is now
+    (posted, edited), the message id and emoji (deleted, reactions), the member and role
+    (membership, roles) or the new name (renamed)."""
+
+    room_id: uuid.UUID
+    seq: int
+    kind: str
+    actor: UserView
+    created_at: datetime
+    message: MessageView | None = None
+    message_id: int | None = None
+    member: UserView | None = None
+    detail: str | None = None
 
     @property
     def cursor(self) -> str:
@@ -36,54 +129,82 @@ class MessageView:
         """The pub/sub payload: everything a subscriber needs, so delivery reads no database."""
         return orjson.dumps(
             {
-                "id": self.id,
                 "room": str(self.room_id),
                 "seq": self.seq,
-                "sender": [
-                    str(self.sender.id),
-                    self.sender.name,
-                    self.sender.created_at.isoformat(),
-                ],
-                "type": self.type,
-                "data": self.data,
+                "kind": self.kind,
+                "actor": _user_raw(self.actor),
                 "at": self.created_at.isoformat(),
-                "cmid": self.client_message_id,
+                "message": self.message.to_raw() if self.message is not None else None,
+                "mid": self.message_id,
+                "member": _user_raw(self.member) if self.member is not None else None,
+                "detail": self.detail,
             }
         ).decode()
 
     @classmethod
-    def from_json(cls, text: str) -> MessageView:
+    def from_json(cls, text: str) -> EventView:
         """Parse a pub/sub payload."""
         raw: dict[str, Any] = orjson.loads(text)
-        sender_id, sender_name, sender_created = raw["sender"]
+        room_id = uuid.UUID(raw["room"])
+        message = raw["message"]
+        member = raw["member"]
         return cls(
-            id=raw["id"],
-            room_id=uuid.UUID(raw["room"]),
+            room_id=room_id,
             seq=raw["seq"],
-            sender=UserView(
-                id=uuid.UUID(sender_id),
-                name=sender_name,
-                created_at=datetime.fromisoformat(sender_created),
-            ),
-            type=raw["type"],
-            data=raw["data"],
+            kind=raw["kind"],
+            actor=_user_from_raw(raw["actor"]),
             created_at=datetime.fromisoformat(raw["at"]),
-            client_message_id=raw["cmid"],
+            message=MessageView.from_raw(message, room_id) if message is not None else None,
+            message_id=raw["mid"],
+            member=_user_from_raw(member) if member is not None else None,
+            detail=raw["detail"],
         )
+
+
+def _user_raw(user: UserView) -> list[str]:
+    return [str(user.id), user.name, user.created_at.isoformat()]
+
+
+def _user_from_raw(raw: list[str]) -> UserView:
+    user_id, name, created = raw
+    return UserView(id=uuid.UUID(user_id), name=name, created_at=datetime.fromisoformat(created))
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    user: UserView
+    role: str
+    joined_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class RoomView:
     id: uuid.UUID
     kind: str
-    members: list[UserView]
+    members: list[MemberView]
     last_message: MessageView | None
     last_activity_at: datetime | None
+    last_seq: int
+    created_at: datetime
+    group_name: str | None = None
 
     @property
     def name(self) -> str:
-        """For a direct room: the two member names, sorted, joined by ", "."""
-        return ", ".join(sorted(member.name for member in self.members))
+        """A group's name; for a direct room, the two member names, sorted, joined by ", "."""
+        if self.group_name is not None:
+            return self.group_name
+        return ", ".join(sorted(member.user.name for member in self.members))
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[EventView]
+    has_next_page: bool
+    has_previous_page: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +233,8 @@ def _b64decode(cursor: str) -> str:
 
 
 def encode_message_cursor(room_id: uuid.UUID, seq: int) -> str:
-    """The opaque position of a message: the same in edges, Message.cursor and messageAdded."""
+    """The opaque position of a log entry (a message's is its MessagePosted entry's): the same
+    in edges, Message.cursor, RoomEvent.cursor and both room subscriptions."""
     return _b64encode(f"m:{room_id}:{seq}")
 
 

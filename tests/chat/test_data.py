@@ -90,7 +90,16 @@ async def test_the_room_list_reads_the_users_rooms_in_index_order_without_sortin
             await transaction.rollback()  # the thousands of rooms below go with it
     nodes = list(_plan_nodes(plan))
     assert any(node.get("Index Name") == ROOM_LIST_INDEX for node in nodes), plan
-    assert not any(node["Node Type"] in ("Sort", "Incremental Sort") for node in nodes), plan
+    # No sort of the rooms themselves. (Each room's newest message and its reactions are read
+    # by LIMIT 1 / per-message subqueries, which the planner may sort while those tables are
+    # nearly empty, as here; that sorts one room's rows, never the list.)
+    room_sorts = [
+        node
+        for node in nodes
+        if node["Node Type"] in ("Sort", "Incremental Sort")
+        and any("last_activity_at" in key or "room_id" in key for key in node["Sort Key"])
+    ]
+    assert room_sorts == [], plan
 
 
 async def _pg_plan(

@@ -111,4 +111,5 @@ async def test_a_deep_history_page_is_read_by_seq_keyset_not_offset(
     assert re.search(r"ORDER BY messages\.seq", statement), statement
     assert "LIMIT" in statement.upper()
     assert cursor_seq in tuple(parameters)
-    assert PAGE_SIZE in tuple(parameters)
+    # One row beyond the page tells whether there is more.
+    assert PAGE_SIZE + 1 in tuple(parameters)

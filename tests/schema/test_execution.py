@@ -29,6 +29,9 @@ def message(**overrides: Any) -> MessageType:
         "created_at": datetime.now(UTC),
         "client_message_id": None,
         "cursor": "c",
+        "edited_at": None,
+        "deleted_at": None,
+        "reactions": [],
     }
     values.update(overrides)
     return MessageType(**values)

@@ -49,7 +49,9 @@ def _sink(hub: Hub, query: str, viewer: int, variables: dict[str, Any] | None = 
         context=Viewer(uuid.UUID(int=viewer)),
     )
     shape = hub.shapes.of(parse(query), query, None)
-    return Sink(hub, operation, shape, Channel("room:x", None))
+    return Sink(
+        hub, operation, shape, Channel("room:x", None), user_id=uuid.UUID(int=viewer), events=True
+    )
 
 
 async def _no_send(_: str) -> None:
@@ -66,6 +68,16 @@ def test_a_selection_of_a_viewer_dependent_field_is_marked_per_viewer() -> None:
     shapes = Shapes(SCHEMA)
     assert shapes.of(parse(PERSONAL), PERSONAL, None).per_viewer
     assert not shapes.of(parse(PLAIN), PLAIN, None).per_viewer
+
+
+def test_reaction_me_in_a_subscription_selection_makes_it_per_viewer() -> None:
+    from schema import schema
+
+    shapes = Shapes(schema._schema)
+    mine = 'subscription { roomEvents(roomId: "r") { ... on MessagePosted { message { reactions { me } } } } }'
+    counts = 'subscription { roomEvents(roomId: "r") { ... on MessagePosted { message { reactions { count } } } } }'
+    assert shapes.of(parse(mine), mine, None).per_viewer
+    assert not shapes.of(parse(counts), counts, None).per_viewer
 
 
 async def test_two_viewers_of_a_viewer_dependent_selection_never_share_a_result() -> None:
