@@ -74,8 +74,8 @@ def test_reaction_me_in_a_subscription_selection_makes_it_per_viewer() -> None:
     from schema import schema
 
     shapes = Shapes(schema._schema)
-    mine = 'subscription { roomEvents(roomId: "r") { ... on MessagePosted { message { reactions { me } } } } }'
-    counts = 'subscription { roomEvents(roomId: "r") { ... on MessagePosted { message { reactions { count } } } } }'
+    posted = 'subscription { roomEvents(roomId: "r") { ... on MessagePosted { message { %s } } } }'
+    mine, counts = posted % "reactions { me }", posted % "reactions { count }"
     assert shapes.of(parse(mine), mine, None).per_viewer
     assert not shapes.of(parse(counts), counts, None).per_viewer
 
