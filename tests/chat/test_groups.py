@@ -353,13 +353,14 @@ async def test_rename_is_for_owner_and_admin_and_logged(sign_up: SignUp) -> None
 async def test_membership_changes_on_a_direct_room_are_bad_user_input(sign_up: SignUp) -> None:
     alice, bob, carol = await users(sign_up, 3)
     room_id = await open_direct_room(alice, name_of(bob))
-    for document, variables in [
+    changes: list[tuple[str, dict[str, Any]]] = [
         (ADD, {"roomId": room_id, "names": [name_of(carol)]}),
         (REMOVE, {"roomId": room_id, "name": name_of(bob)}),
         (LEAVE, {"roomId": room_id}),
         (SET_ROLE, {"roomId": room_id, "name": name_of(bob), "role": "ADMIN"}),
         (RENAME, {"roomId": room_id, "name": "ours"}),
-    ]:
+    ]
+    for document, variables in changes:
         assert code(await alice.error(document, variables)) == "BAD_USER_INPUT", document
     direct = (await alice.data(ROOM, {"id": room_id}))["room"]
     assert direct["kind"] == "DIRECT"
