@@ -248,3 +248,46 @@ async def test_a_message_sent_through_an_instance_whose_listener_is_down_reaches
     finally:
         await asyncio.gather(deaf.stop(), other.stop())
         await control.aclose()
+
+
+@needs_redis
+@pytest.mark.slow
+async def test_a_member_removed_through_one_instance_loses_their_subscriptions_on_both(
+    two_instances: tuple[ServerProcess, ServerProcess],
+) -> None:
+    from tests.chat.test_groups import CREATE, EVENTS, REMOVE, ROOM_EVENTS
+
+    a, b = two_instances
+    alice, bob = GraphQLClient(a.url), GraphQLClient(a.url)
+    await alice.sign_up()
+    bob_name = (await bob.sign_up())["name"]
+    room_id = (await alice.data(CREATE, {"name": "g", "members": [bob_name]}))["createRoom"]["id"]
+    bob_on_b, alice_on_b = GraphQLClient(b.url), GraphQLClient(b.url)
+    await bob_on_b.sign_in(bob_name)
+    await alice_on_b.sign_in(alice.user["name"])  # type: ignore[index]
+    page = await alice.data(EVENTS, {"roomId": room_id, "last": 1})
+    after = {"roomId": room_id, "after": page["roomEvents"]["pageInfo"]["endCursor"]}
+    async with (
+        GraphQLWebSocket.connect(a.ws_url, cookie=bob.session_cookie) as on_a,
+        GraphQLWebSocket.connect(b.ws_url, cookie=bob_on_b.session_cookie) as on_b,
+    ):
+        streams = [
+            await on_a.subscribe(MESSAGE_ADDED, after),
+            await on_a.subscribe(ROOM_EVENTS, after),
+            await on_b.subscribe(MESSAGE_ADDED, after),
+            await on_b.subscribe(ROOM_EVENTS, after),
+        ]
+        # Every stream is running once it has the message sent after its cursor.
+        await send(alice, room_id, "hello")
+        for stream in streams:
+            payload = await stream.next(timeout=30)
+            assert not payload.get("errors"), payload
+        await alice_on_b.data(REMOVE, {"roomId": room_id, "name": bob_name})
+        for stream in streams:
+            payload = await stream.next(timeout=1)
+            if not payload.get("errors"):  # roomEvents: the MemberLeft comes first
+                assert payload["data"]["roomEvents"]["__typename"] == "MemberLeft"
+                payload = await stream.next(timeout=1)
+            assert payload["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    for client in (alice, bob, bob_on_b, alice_on_b):
+        await client.aclose()
