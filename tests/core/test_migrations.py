@@ -193,3 +193,63 @@ async def test_accounts_made_before_0006_keep_working_and_block_their_lookalikes
                 )
     finally:
         await db.dispose()
+
+
+async def test_messages_made_before_0007_become_the_posted_entries_of_their_rooms_log(
+    empty_database: str,
+) -> None:
+    await upgrade(empty_database, "0006")
+    alice, bob = user("alice"), user("bob")
+    room_id = uuid.uuid4()
+    db = Database(empty_database, pool_size=2)
+    try:
+        async with db.write() as connection:
+            await connection.execute(USERS.insert(), [alice, bob])
+            await connection.execute(
+                ROOMS.insert().values(
+                    id=room_id, kind="direct", last_seq=2, last_activity_at=NOW, created_at=NOW
+                )
+            )
+            await connection.execute(
+                MEMBERS.insert(), [{"room_id": room_id, "user_id": u["id"]} for u in (alice, bob)]
+            )
+            await connection.execute(
+                MESSAGES.insert(),
+                [
+                    {
+                        "room_id": room_id,
+                        "seq": seq,
+                        "sender_id": sender["id"],
+                        "type": "text",
+                        "data": f"old {seq}",
+                        "created_at": NOW,
+                    }
+                    for seq, sender in ((1, alice), (2, bob))
+                ],
+            )
+    finally:
+        await db.dispose()
+
+    await upgrade(empty_database, "head")
+
+    db = Database(empty_database, pool_size=2)
+    await db.start()
+    try:
+        bob_view = UserView(id=bob["id"], name="bob", created_at=NOW)  # type: ignore[arg-type]
+        log = await chat.list_events(db=db, user=bob_view, room_id=room_id, first=10)
+        assert [
+            (e.kind, e.seq, e.actor.name, e.message and e.message.data) for e in log.events
+        ] == [
+            ("posted", 1, "alice", "old 1"),
+            ("posted", 2, "bob", "old 2"),
+        ]
+        room = await chat.get_room(db=db, user=bob_view, room_id=room_id)
+        assert room is not None
+        # Members of old rooms are MEMBERs who joined when the room was made.
+        assert sorted((m.user.name, m.role, m.joined_at) for m in room.members) == [
+            ("alice", "MEMBER", NOW),
+            ("bob", "MEMBER", NOW),
+        ]
+        assert room.last_seq == 2
+    finally:
+        await db.dispose()
