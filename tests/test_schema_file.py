@@ -1,11 +1,22 @@
-"""schema.graphql is the committed export of the code, and the code holds the account contract."""
+"""schema.graphql is the committed export of the code, and the code holds the whole contract."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from graphql import GraphQLObjectType, GraphQLScalarType, GraphQLSchema, build_schema
+from graphql import (
+    GraphQLEnumType,
+    GraphQLInputObjectType,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
+    GraphQLScalarType,
+    GraphQLSchema,
+    GraphQLUnionType,
+    build_schema,
+)
 from graphql.pyutils import Undefined
 
 from schema import schema
@@ -23,10 +34,75 @@ ACCOUNT_ROOT_FIELDS = {
 }
 
 
+# The read-state and signals issue has not landed yet: exactly these parts of the contract are
+# still missing. Nothing else may be; and as each lands, its line goes.
+PENDING = {
+    "missing field Room.unreadCount",
+    "missing field Room.readCursor",
+    "missing field Membership.readSeq",
+    "missing type Typing",
+    "missing type Presence",
+    "missing type ReadPosition",
+    "missing type RoomSignal",
+    "missing field Mutation.markRead",
+    "missing field Mutation.setTyping",
+    "missing field Subscription.roomSignals",
+}
+
+
 def contract() -> GraphQLSchema:
     if not CONTRACT_FILE.is_file():
+        # CI checks out ../shared: there a missing contract is a failure, not a skip.
+        if os.environ.get("CI"):
+            pytest.fail(f"the API contract is missing ({CONTRACT_FILE})")
         pytest.skip(f"the API contract is not checked out next to the repo ({CONTRACT_FILE})")
     return build_schema(CONTRACT_FILE.read_text())
+
+
+def _kind(type_: Any) -> str:
+    for name, cls in (
+        ("object", GraphQLObjectType),
+        ("interface", GraphQLInterfaceType),
+        ("input", GraphQLInputObjectType),
+        ("enum", GraphQLEnumType),
+        ("scalar", GraphQLScalarType),
+        ("union", GraphQLUnionType),
+    ):
+        if isinstance(type_, cls):
+            return name
+    return "?"
+
+
+def contract_problems(ours: GraphQLSchema, theirs: GraphQLSchema) -> list[str]:
+    """Every way our schema departs from the contract: types, kinds, enum values, union
+    members, interfaces, fields, arguments, defaults and nullability."""
+    problems: list[str] = []
+    for name, wanted in theirs.type_map.items():
+        if name.startswith("__"):
+            continue
+        have = ours.type_map.get(name)
+        if have is None:
+            problems.append(f"missing type {name}")
+            continue
+        if _kind(have) != _kind(wanted):
+            problems.append(f"{name} is a {_kind(have)}, the contract says {_kind(wanted)}")
+            continue
+        if isinstance(wanted, GraphQLEnumType):
+            assert isinstance(have, GraphQLEnumType)
+            problems += [f"enum {name} lacks {v}" for v in wanted.values if v not in have.values]
+        if isinstance(wanted, GraphQLUnionType):
+            assert isinstance(have, GraphQLUnionType)
+            members = {t.name for t in have.types}
+            problems += [
+                f"union {name} lacks {t.name}" for t in wanted.types if t.name not in members
+            ]
+        interfaces = {i.name for i in getattr(have, "interfaces", ())}
+        for interface in getattr(wanted, "interfaces", ()):
+            if interface.name not in interfaces:
+                problems.append(f"{name} does not implement {interface.name}")
+        if isinstance(wanted, (GraphQLObjectType, GraphQLInterfaceType)):
+            problems += field_problems(name, tuple(wanted.fields), ours, theirs)
+    return problems
 
 
 def field_problems(
@@ -34,9 +110,9 @@ def field_problems(
 ) -> list[str]:
     """How our fields of a type differ from the contract's: missing, other types, other args."""
     contract_type, our_type = theirs.type_map[type_name], ours.type_map.get(type_name)
-    if not isinstance(our_type, GraphQLObjectType):
+    if not isinstance(our_type, (GraphQLObjectType, GraphQLInterfaceType)):
         return [f"{type_name} is missing or not an object type"]
-    assert isinstance(contract_type, GraphQLObjectType)
+    assert isinstance(contract_type, (GraphQLObjectType, GraphQLInterfaceType))
     problems = []
     for field_name in field_names:
         wanted, have = contract_type.fields[field_name], our_type.fields.get(field_name)
@@ -85,6 +161,19 @@ def test_schema_holds_every_account_type_field_and_argument_of_the_contract() ->
     for root, field_names in ACCOUNT_ROOT_FIELDS.items():
         problems += field_problems(root, field_names, ours, theirs)
     assert problems == []
+
+
+def test_schema_holds_the_whole_contract_but_the_pending_read_state_and_signals() -> None:
+    problems = contract_problems(build_schema(schema.as_str()), contract())
+    assert sorted(problems) == sorted(PENDING)
+
+
+def test_the_contract_check_would_notice_a_missing_kind_of_room_event() -> None:
+    theirs = contract()
+    without = build_schema(
+        schema.as_str().replace("type RoomRenamed implements RoomEvent", "type RoomRenamed", 1)
+    )
+    assert "RoomRenamed does not implement RoomEvent" in contract_problems(without, theirs)
 
 
 def test_the_account_check_would_notice_a_difference() -> None:
