@@ -663,6 +663,22 @@ async def test_sending_faster_than_the_burst_is_rate_limited_and_other_users_are
     await assert_still_serving(messages_server)
 
 
+async def test_edits_and_reactions_count_against_the_message_rate_limit(
+    messages_server: RunningServer, clients: list[GraphQLClient]
+) -> None:
+    from tests.chat.test_log import EDIT, REACT
+
+    alice, _, room_id = await two_in_a_room(clients, messages_server)
+    sent = await send(alice, room_id, "one")
+    await alice.data(EDIT, {"id": sent["id"], "data": "one!"})
+    await alice.data(REACT, {"id": sent["id"], "emoji": "👍"})
+    limited = await alice.error(REACT, {"id": sent["id"], "emoji": "🎉"})
+    assert_rate_limited(limited, 1000)
+    history = await alice.data(HISTORY, {"roomId": room_id})
+    (stored,) = [edge["node"]["data"] for edge in history["messages"]["edges"]]
+    assert stored == "one!"
+
+
 async def test_after_the_burst_window_sending_works_again_until_the_sustained_limit(
     messages_server: RunningServer, clients: list[GraphQLClient]
 ) -> None:
