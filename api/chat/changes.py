@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -111,22 +111,7 @@ class RoomTransaction:
 
     def attach_message(self, seq: int, message: MessageRow) -> None:
         """Give an entry appended before its message changed the message as it is now."""
-        self.events = [
-            EventRow(
-                room_id=e.room_id,
-                seq=e.seq,
-                kind=e.kind,
-                actor_id=e.actor_id,
-                created_at=e.created_at,
-                message_id=e.message_id,
-                member_id=e.member_id,
-                detail=e.detail,
-                message=message,
-            )
-            if e.seq == seq
-            else e
-            for e in self.events
-        ]
+        self.events = [replace(e, message=message) if e.seq == seq else e for e in self.events]
 
     # --- membership -----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from api.chat import changes
 from api.chat import service as chat
@@ -72,6 +72,35 @@ async def _publish(
     if rows:
         events = await chat.event_views(db, directory, rows)
         await chat.publish_events(pubsub=pubsub, events=events, member_ids=member_ids)
+
+
+RoomChange = Callable[[changes.RoomTransaction], Awaitable[None]]
+
+
+async def _change_room(
+    *,
+    db: Database,
+    pubsub: PubSub,
+    unfinished: Unfinished,
+    directory: UserDirectory | None,
+    caller: UserView,
+    room_id: uuid.UUID,
+    change: RoomChange,
+) -> None:
+    """Run one change to a group in the room's transaction (checked: the room exists, the
+    caller is a member, it is a group), then publish its entries to the members before and
+    after it. Runs to the end even if the request is cancelled (committed means published)."""
+
+    async def run() -> None:
+        async with changes.room_transaction(db, room_id=room_id) as found:
+            transaction = _check_group(found, caller)
+            before = list(transaction.members)
+            await change(transaction)
+            rows = transaction.events
+            member_ids = list(dict.fromkeys([*before, *transaction.members]))
+        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+
+    await unfinished.run(run())
 
 
 async def _room_view(
@@ -176,23 +205,27 @@ async def add_members(
         raise BadUserInput(f"A room has at most {max_members} members.")
     wanted = await _users_named(db=db, directory=directory, names=names)
 
-    async def add() -> None:
+    async def add(transaction: changes.RoomTransaction) -> None:
+        _require_role(transaction, caller, ADMIN)
+        new = [user for user in wanted if user.id not in transaction.members]
+        if len(transaction.members) + len(new) > max_members:
+            raise BadUserInput(f"A room has at most {max_members} members.")
         at = utcnow()
-        async with changes.room_transaction(db, room_id=room_id) as found:
-            transaction = _check_group(found, caller)
-            _require_role(transaction, caller, ADMIN)
-            new = [user for user in wanted if user.id not in transaction.members]
-            if len(transaction.members) + len(new) > max_members:
-                raise BadUserInput(f"A room has at most {max_members} members.")
-            for user in new:
-                seq = await transaction.append(
-                    JOINED, actor_id=caller.id, at=at, member_id=user.id, detail=MEMBER
-                )
-                await transaction.add_member(user.id, role=MEMBER, at=at, seq=seq)
-            rows, member_ids = transaction.events, list(transaction.members)
-        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+        for user in new:
+            seq = await transaction.append(
+                JOINED, actor_id=caller.id, at=at, member_id=user.id, detail=MEMBER
+            )
+            await transaction.add_member(user.id, role=MEMBER, at=at, seq=seq)
 
-    await unfinished.run(add())
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=add,
+    )
     return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
@@ -209,24 +242,27 @@ async def remove_member(
     """OWNER or ADMIN: removes a member; an ADMIN only MEMBERs; nobody removes the OWNER."""
     (target,) = await _users_named(db=db, directory=directory, names=[name])
 
-    async def remove() -> None:
-        async with changes.room_transaction(db, room_id=room_id) as found:
-            transaction = _check_group(found, caller)
-            mine = _require_role(transaction, caller, ADMIN)
-            membership = transaction.members.get(target.id)
-            if membership is None:
-                raise NotFound(f"{name!r} is not a member of this room.")
-            if membership.role == OWNER:
-                raise Forbidden("Nobody removes the OWNER.")
-            if mine == ADMIN and membership.role != MEMBER:
-                raise Forbidden("An ADMIN may remove only MEMBERs.")
-            member_ids = list(transaction.members)
-            await transaction.append(LEFT, actor_id=caller.id, at=utcnow(), member_id=target.id)
-            await transaction.remove_member(target.id)
-            rows = transaction.events
-        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+    async def remove(transaction: changes.RoomTransaction) -> None:
+        mine = _require_role(transaction, caller, ADMIN)
+        membership = transaction.members.get(target.id)
+        if membership is None:
+            raise NotFound(f"{name!r} is not a member of this room.")
+        if membership.role == OWNER:
+            raise Forbidden("Nobody removes the OWNER.")
+        if mine == ADMIN and membership.role != MEMBER:
+            raise Forbidden("An ADMIN may remove only MEMBERs.")
+        await transaction.append(LEFT, actor_id=caller.id, at=utcnow(), member_id=target.id)
+        await transaction.remove_member(target.id)
 
-    await unfinished.run(remove())
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=remove,
+    )
     return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
@@ -242,32 +278,29 @@ async def leave_room(
     """Leave a group room. An OWNER who leaves hands ownership to the longest-standing ADMIN,
     or else the longest-standing MEMBER."""
 
-    async def leave() -> None:
+    async def leave(transaction: changes.RoomTransaction) -> None:
         at = utcnow()
-        async with changes.room_transaction(db, room_id=room_id) as found:
-            transaction = _check_group(found, caller)
-            member_ids = list(transaction.members)
-            if transaction.members[caller.id].role == OWNER:
-                # Members are in the order they joined.
-                others = [m for m in transaction.members.values() if m.user_id != caller.id]
-                heir = next((m for m in others if m.role == ADMIN), None) or next(
-                    iter(others), None
+        if transaction.members[caller.id].role == OWNER:
+            # Members are in the order they joined.
+            others = [m for m in transaction.members.values() if m.user_id != caller.id]
+            heir = next((m for m in others if m.role == ADMIN), None) or next(iter(others), None)
+            if heir is not None:
+                await transaction.append(
+                    ROLE_CHANGED, actor_id=caller.id, at=at, member_id=heir.user_id, detail=OWNER
                 )
-                if heir is not None:
-                    await transaction.append(
-                        ROLE_CHANGED,
-                        actor_id=caller.id,
-                        at=at,
-                        member_id=heir.user_id,
-                        detail=OWNER,
-                    )
-                    await transaction.set_role(heir.user_id, OWNER)
-            await transaction.append(LEFT, actor_id=caller.id, at=at, member_id=caller.id)
-            await transaction.remove_member(caller.id)
-            rows = transaction.events
-        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+                await transaction.set_role(heir.user_id, OWNER)
+        await transaction.append(LEFT, actor_id=caller.id, at=at, member_id=caller.id)
+        await transaction.remove_member(caller.id)
 
-    await unfinished.run(leave())
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=leave,
+    )
     return True
 
 
@@ -288,31 +321,37 @@ async def set_role(
         raise BadUserInput("Unknown role.")
     (target,) = await _users_named(db=db, directory=directory, names=[name])
 
-    async def change() -> None:
+    async def change(transaction: changes.RoomTransaction) -> None:
+        _require_role(transaction, caller, OWNER)
+        membership = transaction.members.get(target.id)
+        if membership is None:
+            raise NotFound(f"{name!r} is not a member of this room.")
+        if target.id == caller.id:
+            if role != OWNER:
+                raise BadUserInput("Hand OWNER to another member instead.")
+            return
+        if membership.role == role:
+            return
         at = utcnow()
-        async with changes.room_transaction(db, room_id=room_id) as found:
-            transaction = _check_group(found, caller)
-            _require_role(transaction, caller, OWNER)
-            membership = transaction.members.get(target.id)
-            if membership is None:
-                raise NotFound(f"{name!r} is not a member of this room.")
-            if target.id == caller.id:
-                if role != OWNER:
-                    raise BadUserInput("Hand OWNER to another member instead.")
-            elif membership.role != role:
-                await transaction.append(
-                    ROLE_CHANGED, actor_id=caller.id, at=at, member_id=target.id, detail=role
-                )
-                await transaction.set_role(target.id, role)
-                if role == OWNER:
-                    await transaction.append(
-                        ROLE_CHANGED, actor_id=caller.id, at=at, member_id=caller.id, detail=ADMIN
-                    )
-                    await transaction.set_role(caller.id, ADMIN)
-            rows, member_ids = transaction.events, list(transaction.members)
-        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+        await transaction.append(
+            ROLE_CHANGED, actor_id=caller.id, at=at, member_id=target.id, detail=role
+        )
+        await transaction.set_role(target.id, role)
+        if role == OWNER:
+            await transaction.append(
+                ROLE_CHANGED, actor_id=caller.id, at=at, member_id=caller.id, detail=ADMIN
+            )
+            await transaction.set_role(caller.id, ADMIN)
 
-    await unfinished.run(change())
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=change,
+    )
     return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
@@ -329,15 +368,19 @@ async def rename_room(
     """OWNER or ADMIN: renames a group room; the same name again changes nothing."""
     name = validate_room_name(name)
 
-    async def rename() -> None:
-        async with changes.room_transaction(db, room_id=room_id) as found:
-            transaction = _check_group(found, caller)
-            _require_role(transaction, caller, ADMIN)
-            if transaction.name != name:
-                await transaction.append(RENAMED, actor_id=caller.id, at=utcnow(), detail=name)
-                await transaction.rename(name)
-            rows, member_ids = transaction.events, list(transaction.members)
-        await _publish(db=db, pubsub=pubsub, directory=directory, rows=rows, member_ids=member_ids)
+    async def rename(transaction: changes.RoomTransaction) -> None:
+        _require_role(transaction, caller, ADMIN)
+        if transaction.name != name:
+            await transaction.append(RENAMED, actor_id=caller.id, at=utcnow(), detail=name)
+            await transaction.rename(name)
 
-    await unfinished.run(rename())
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=rename,
+    )
     return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)

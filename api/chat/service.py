@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from api.chat import store
 from api.chat.constants import (
@@ -419,6 +420,50 @@ def _checked(where: store.Position | None) -> store.Position:
     return where
 
 
+Row = TypeVar("Row")
+View = TypeVar("View")
+
+
+async def _keyset_page(
+    read: Callable[..., Awaitable[tuple[store.Position | None, list[Row]]]],
+    views: Callable[[Database, UserDirectory | None, Sequence[Row]], Awaitable[list[View]]],
+    *,
+    db: Database,
+    user: UserView,
+    room_id: uuid.UUID,
+    first: int | None,
+    after: str | None,
+    last: int | None,
+    before: str | None,
+    directory: UserDirectory | None,
+) -> tuple[list[View], bool, bool]:
+    """One keyset page (never OFFSET), oldest first within the page, and whether there is a
+    next and a previous page.
+
+    Cursors are log positions (any entry's works). One row beyond the page tells whether there
+    is more in the paging direction; in the other, a page reaches its cursor, so there is
+    nothing between the two (Relay's window of the arguments).
+    """
+    after_seq, before_seq, size, forward = _paging(
+        room_id=room_id, first=first, after=after, last=last, before=before
+    )
+    where, rows = await read(
+        db,
+        room_id=room_id,
+        user_id=user.id,
+        after_seq=after_seq,
+        before_seq=before_seq,
+        size=size + 1,
+        forward=forward,
+    )
+    _checked(where)
+    more = len(rows) > size
+    items = await views(db, directory, rows[:size])
+    if not forward:
+        items.reverse()
+    return items, (more if forward else False), (False if forward else more)
+
+
 async def list_messages(
     *,
     db: Database,
@@ -430,34 +475,20 @@ async def list_messages(
     before: str | None = None,
     directory: UserDirectory | None = None,
 ) -> MessagePage:
-    """One keyset page of a room's history (never OFFSET), oldest first within the page.
-
-    Cursors are log positions (any entry's works). One row beyond the page tells whether there
-    is more in the paging direction; in the other, a page reaches its cursor, so there is
-    nothing between the two (Relay's window of the arguments).
-    """
-    after_seq, before_seq, size, forward = _paging(
-        room_id=room_id, first=first, after=after, last=last, before=before
-    )
-    where, rows = await store.page(
-        db,
+    """One keyset page of a room's messages (tombstones included)."""
+    messages, has_next, has_previous = await _keyset_page(
+        store.page,
+        message_views,
+        db=db,
+        user=user,
         room_id=room_id,
-        user_id=user.id,
-        after_seq=after_seq,
-        before_seq=before_seq,
-        size=size + 1,
-        forward=forward,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        directory=directory,
     )
-    _checked(where)
-    more = len(rows) > size
-    messages = await message_views(db, directory, rows[:size])
-    if not forward:
-        messages.reverse()
-    return MessagePage(
-        messages=messages,
-        has_next_page=more if forward else False,
-        has_previous_page=False if forward else more,
-    )
+    return MessagePage(messages=messages, has_next_page=has_next, has_previous_page=has_previous)
 
 
 async def list_events(
@@ -472,28 +503,19 @@ async def list_events(
     directory: UserDirectory | None = None,
 ) -> EventPage:
     """One keyset page of a room's log, with the paging rules of `list_messages`."""
-    after_seq, before_seq, size, forward = _paging(
-        room_id=room_id, first=first, after=after, last=last, before=before
-    )
-    where, rows = await store.events_page(
-        db,
+    events, has_next, has_previous = await _keyset_page(
+        store.events_page,
+        event_views,
+        db=db,
+        user=user,
         room_id=room_id,
-        user_id=user.id,
-        after_seq=after_seq,
-        before_seq=before_seq,
-        size=size + 1,
-        forward=forward,
+        first=first,
+        after=after,
+        last=last,
+        before=before,
+        directory=directory,
     )
-    _checked(where)
-    more = len(rows) > size
-    events = await event_views(db, directory, rows[:size])
-    if not forward:
-        events.reverse()
-    return EventPage(
-        events=events,
-        has_next_page=more if forward else False,
-        has_previous_page=False if forward else more,
-    )
+    return EventPage(events=events, has_next_page=has_next, has_previous_page=has_previous)
 
 
 async def _room_views(
