@@ -18,6 +18,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.chat.reads import ReadPositions
+from api.chat.signals import Signals
 from api.core.collector import CollectorPolicy
 from api.core.db import Database, migrate
 from api.core.pubsub import PubSub
@@ -91,6 +93,8 @@ def _build_state(
         directory=UserDirectory(),
         unfinished=Unfinished(),
         session_watch=users.SessionWatch(db=db, verify_for=settings.session_verify_timeout),
+        reads=ReadPositions(db),
+        signals=Signals(db=db, pubsub=pubsub, presence_ttl=settings.presence_timeout),
     )
     state.documents = Documents(
         view.schema._schema,
@@ -151,6 +155,7 @@ def create_app(
         )
         state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
         state.hub.start()
+        await state.signals.start()
         background = [
             asyncio.create_task(
                 users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
@@ -181,6 +186,9 @@ def create_app(
             # Sends already committed are published before pub/sub goes away.
             await state.unfinished.drain()
             await state.hub.stop()
+            await state.signals.stop()
+            # Read positions taken but not yet written are written now.
+            await state.reads.flush()
             for task in [*background, collector]:
                 if task is not None:
                     task.cancel()

@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.chat.reads import ReadPositions
+from api.chat.signals import Signals
 from api.core.db import Database
 from api.core.pubsub import PubSub
 from api.core.ratelimit import RateLimiter
@@ -32,6 +34,9 @@ class AppState:
     directory: UserDirectory
     unfinished: Unfinished
     session_watch: SessionWatch
+    # Read positions not yet written (api.chat.reads) and typing/presence (api.chat.signals).
+    reads: ReadPositions
+    signals: Signals
     # The GraphQL layer's prepared-document cache (schema.documents.Documents); typed loosely
     # because api/ never imports schema/.
     documents: Any = None

@@ -28,11 +28,14 @@ from schema.execution import PlainExecutor
 from schema.groups import GroupMutation, MessageMutation
 from schema.introspection import IntrospectionDepthRule
 from schema.log import EVENT_TYPES, LogQuery, LogSubscription
+from schema.signals import SignalMutation, SignalSubscription
 from schema.users import UsersMutation, UsersQuery
 
 Query = merge_types("Query", (UsersQuery, ChatQuery, LogQuery))
-Mutation = merge_types("Mutation", (UsersMutation, ChatMutation, GroupMutation, MessageMutation))
-Subscription = merge_types("Subscription", (ChatSubscription, LogSubscription))
+Mutation = merge_types(
+    "Mutation", (UsersMutation, ChatMutation, GroupMutation, MessageMutation, SignalMutation)
+)
+Subscription = merge_types("Subscription", (ChatSubscription, LogSubscription, SignalSubscription))
 
 
 class ChatSchema(strawberry.Schema):

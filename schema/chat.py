@@ -21,6 +21,7 @@ from api.chat.views import (
     RoomPage,
     RoomView,
     UserView,
+    encode_message_cursor,
     encode_room_cursor,
 )
 from schema.context import Info
@@ -136,6 +137,9 @@ class MembershipType:
     user: UserType
     role: Role
     joined_at: datetime
+    read_seq: int = strawberry.field(
+        description="seq up to which this member has read; 0 before the first markRead."
+    )
 
 
 @strawberry.type(
@@ -154,9 +158,6 @@ class RoomType:
         )
     )
     members: list[UserType]
-    memberships: list[MembershipType] = strawberry.field(
-        description="Every member with role and read position (read receipts)."
-    )
     last_message: MessageType | None = strawberry.field(
         description="The newest message that is not deleted, or null."
     )
@@ -164,6 +165,47 @@ class RoomType:
         description="seq of the room's newest log entry; 0 when the log is empty."
     )
     created_at: datetime
+    view: strawberry.Private[RoomView]
+
+    @strawberry.field(description="Every member with role and read position (read receipts).")
+    def memberships(self, info: Info) -> list[MembershipType]:
+        reads = info.context.state.reads
+        return [
+            MembershipType(
+                user=_user(member.user),
+                role=Role(member.role),
+                joined_at=member.joined_at,
+                read_seq=reads.effective(self.view.id, member.user.id, member.read_seq),
+            )
+            for member in self.view.members
+        ]
+
+    @strawberry.field(
+        description=(
+            "Messages by other members after the signed-in user's read position, deleted\n"
+            "ones not counted. Exact up to 1000; larger counts read as 1000."
+        ),
+        metadata={VIEWER_DEPENDENT: True},
+    )
+    async def unread_count(self, info: Info) -> int:
+        return await info.context.unread_count(self.view.id, self._my_read_seq(info))
+
+    @strawberry.field(
+        description=(
+            "The signed-in user's read position as a cursor; null before the first markRead."
+        ),
+        metadata={VIEWER_DEPENDENT: True},
+    )
+    def read_cursor(self, info: Info) -> str | None:
+        seq = self._my_read_seq(info)
+        return encode_message_cursor(self.view.id, seq) if seq else None
+
+    def _my_read_seq(self, info: Info) -> int:
+        viewer = info.context.viewer_id
+        stored = next((m.read_seq for m in self.view.members if m.user.id == viewer), 0)
+        if viewer is None:
+            return stored
+        return int(info.context.state.reads.effective(self.view.id, viewer, stored))
 
     @classmethod
     def from_view(cls, view: RoomView) -> RoomType:
@@ -172,15 +214,10 @@ class RoomType:
             kind=RoomKind(view.kind),
             name=view.name,
             members=[_user(member.user) for member in view.members],
-            memberships=[
-                MembershipType(
-                    user=_user(member.user), role=Role(member.role), joined_at=member.joined_at
-                )
-                for member in view.members
-            ],
             last_message=MessageType.from_view(view.last_message) if view.last_message else None,
             last_seq=view.last_seq,
             created_at=view.created_at,
+            view=view,
         )
 
 

@@ -9,8 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
+from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
+from api.chat.reads import unread_counts
 from api.core.errors import BadUserInput, Unauthenticated
 from api.state import AppState
 from api.users import service as users
@@ -38,6 +40,8 @@ class Context:
     # Over HTTP, the credential as the endpoint found it in the request (schema.http).
     http_credential: str | None = None
     _auth: Authenticated | None = None
+    # Unread counts asked for together (a page of rooms) are read in one statement.
+    _unread: Any = field(default=None, repr=False)
     _auth_checked: bool = False
     _auth_error: Unauthenticated | None = field(default=None, repr=False)
 
@@ -98,6 +102,20 @@ class Context:
         if auth is None:
             raise self._auth_error or Unauthenticated()
         return auth
+
+    async def unread_count(self, room_id: uuid.UUID, read_seq: int) -> int:
+        """The signed-in user's unread count in a room from a read seq; the counts asked for
+        in one tick (every room of a page) take one statement between them."""
+        if self._unread is None:
+            # No cache: a WebSocket connection's context outlives its operations.
+            self._unread = DataLoader(self._unread_counts, cache=False)
+        count: int = await self._unread.load((room_id, read_seq))
+        return count
+
+    async def _unread_counts(self, keys: list[tuple[uuid.UUID, int]]) -> list[int]:
+        auth = await self.require_auth()
+        counts = await unread_counts(db=self.state.db, user_id=auth.user.id, read_seqs=dict(keys))
+        return [counts.get(room_id, 0) for room_id, _ in keys]
 
     def require_http(self, action: str) -> None:
         """BAD_USER_INPUT over WebSocket for actions that must set the cookie on a response."""

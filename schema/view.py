@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 # refreshes), reconnects and resubscribes from its last cursor.
 SESSION_ENDED_CLOSE_CODE = 4401
 _WATCHERS = "chat.session_watchers"
+# The user a socket counts as online (api.chat.signals), once it is authenticated.
+_PRESENT = "chat.present"
 
 # A strict policy for the GraphiQL page: everything comes from this server (fonts are data: URIs).
 GRAPHIQL_CSP = (
@@ -58,6 +60,9 @@ class ChatGraphQL(GraphQL[Context, None]):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            present = scope.get(_PRESENT)
+            if present is not None:
+                scope["app"].state.chat.signals.disconnected(present)
             for watcher in watchers:
                 watcher.cancel()
             for watcher in watchers:
@@ -100,6 +105,9 @@ class ChatGraphQL(GraphQL[Context, None]):
         assert isinstance(websocket, WebSocket)
         watcher = asyncio.create_task(self._close_when_session_ends(context, websocket))
         websocket.scope[_WATCHERS].append(watcher)
+        # Online from its first authenticated socket on any instance to its last.
+        context.state.signals.connected(auth.user)
+        websocket.scope[_PRESENT] = auth.user.id
         return None
 
     async def _close_when_session_ends(self, context: Context, websocket: WebSocket) -> None:

@@ -34,22 +34,6 @@ ACCOUNT_ROOT_FIELDS = {
 }
 
 
-# The read-state and signals issue has not landed yet: exactly these parts of the contract are
-# still missing. Nothing else may be; and as each lands, its line goes.
-PENDING = {
-    "missing field Room.unreadCount",
-    "missing field Room.readCursor",
-    "missing field Membership.readSeq",
-    "missing type Typing",
-    "missing type Presence",
-    "missing type ReadPosition",
-    "missing type RoomSignal",
-    "missing field Mutation.markRead",
-    "missing field Mutation.setTyping",
-    "missing field Subscription.roomSignals",
-}
-
-
 def contract() -> GraphQLSchema:
     if not CONTRACT_FILE.is_file():
         # CI checks out ../shared: there a missing contract is a failure, not a skip.
@@ -163,9 +147,8 @@ def test_schema_holds_every_account_type_field_and_argument_of_the_contract() ->
     assert problems == []
 
 
-def test_schema_holds_the_whole_contract_but_the_pending_read_state_and_signals() -> None:
-    problems = contract_problems(build_schema(schema.as_str()), contract())
-    assert sorted(problems) == sorted(PENDING)
+def test_schema_holds_the_whole_contract() -> None:
+    assert contract_problems(build_schema(schema.as_str()), contract()) == []
 
 
 def test_the_contract_check_would_notice_a_missing_kind_of_room_event() -> None:

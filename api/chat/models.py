@@ -87,6 +87,10 @@ class RoomMember(SQLModel, table=True):
     joined_seq: int = Field(
         default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
     )
+    # The seq up to which the member has read (0 before the first markRead).
+    read_seq: int = Field(
+        default=0, sa_column=Column(BigInteger, nullable=False, server_default="0")
+    )
 
 
 class Message(SQLModel, table=True):

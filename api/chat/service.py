@@ -531,6 +531,7 @@ async def _room_views(
                 user=people[member.user_id],
                 role=member.role,
                 joined_at=member.joined_at or row.created_at,
+                read_seq=member.read_seq,
             )
             for member in row.members
             if member.user_id in people

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Select, and_, func, select, tuple_, update
+from sqlalchemy import Select, Uuid, and_, func, literal, select, tuple_, union_all, update
 from sqlalchemy.dialects import sqlite
 
 from api.chat.constants import DIRECT, MEMBER
@@ -76,6 +76,7 @@ class MemberRow:
     user_id: uuid.UUID
     role: str
     joined_at: datetime | None
+    read_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -760,6 +761,8 @@ SELECT r.id AS r_id, r.kind, r.name AS r_name, r.last_seq AS r_last_seq,
              ORDER BY user_id) AS member_joined,
        ARRAY(SELECT joined_seq FROM room_members WHERE room_id = r.id
              ORDER BY user_id) AS member_joined_seq,
+       ARRAY(SELECT read_seq FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_read_seq,
        {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
 """
 _LAST_MESSAGE = f"""
@@ -803,13 +806,14 @@ def _room(record: Any) -> RoomRow:
         created_at=record["r_created_at"],
         last_activity_at=record["last_activity_at"],
         members=[
-            MemberRow(user_id, role, joined)
-            for _, joined, user_id, role in sorted(
+            MemberRow(user_id, role, joined, read_seq)
+            for _, joined, user_id, role, read_seq in sorted(
                 zip(
                     record["member_joined_seq"],
                     record["member_joined"],
                     record["member_ids"],
                     record["member_roles"],
+                    record["member_read_seq"],
                     strict=True,
                 ),
                 key=lambda member: (member[0], member[1], member[2]),
@@ -871,14 +875,20 @@ async def _sqlite_room_rows(
         return []
     ids = [row.id for row in rooms]
     members: dict[uuid.UUID, list[MemberRow]] = {}
-    for room_id, user_id, role, joined_at in (
+    for room_id, user_id, role, joined_at, read_seq in (
         await connection.execute(
-            select(MEMBERS.c.room_id, MEMBERS.c.user_id, MEMBERS.c.role, MEMBERS.c.joined_at)
+            select(
+                MEMBERS.c.room_id,
+                MEMBERS.c.user_id,
+                MEMBERS.c.role,
+                MEMBERS.c.joined_at,
+                MEMBERS.c.read_seq,
+            )
             .where(MEMBERS.c.room_id.in_(ids))
             .order_by(MEMBERS.c.joined_seq, MEMBERS.c.joined_at, MEMBERS.c.user_id)
         )
     ).all():
-        members.setdefault(room_id, []).append(MemberRow(user_id, role, joined_at))
+        members.setdefault(room_id, []).append(MemberRow(user_id, role, joined_at, read_seq))
     last: dict[uuid.UUID, MessageRow] = {}
     newest = (
         select(MESSAGES.c.room_id, func.max(MESSAGES.c.seq).label("seq"))
@@ -908,3 +918,78 @@ async def _sqlite_room_rows(
         )
         for row in rooms
     ]
+
+
+# --- read positions -------------------------------------------------------------------------------
+
+_SAVE_READ = """
+UPDATE room_members SET read_seq = GREATEST(read_seq, $3) WHERE room_id = $1 AND user_id = $2
+"""
+
+
+async def save_read_position(
+    db: Database, *, room_id: uuid.UUID, user_id: uuid.UUID, seq: int
+) -> None:
+    """Move a member's read seq forward to `seq` (never back)."""
+    if db.pg is not None:
+        await db.pg.execute(_SAVE_READ, room_id, user_id, seq)
+        return
+    async with db.write() as connection:
+        await connection.execute(
+            update(MEMBERS)
+            .where(MEMBERS.c.room_id == room_id, MEMBERS.c.user_id == user_id)
+            .values(read_seq=func.max(MEMBERS.c.read_seq, seq))
+        )
+
+
+# Per room, the messages of others after the read seq that are not deleted, counted in the
+# index (room_id, seq) and stopped at the cap, so a room with a million unread costs as much
+# as one with a thousand.
+_UNREAD = """
+SELECT x.room_id, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM messages m
+        WHERE m.room_id = x.room_id AND m.seq > x.read_seq
+          AND m.sender_id <> $1 AND m.deleted_at IS NULL
+        ORDER BY m.seq LIMIT $4
+    ) AS capped
+) AS unread
+FROM unnest($2::uuid[], $3::bigint[]) AS x(room_id, read_seq)
+"""
+
+
+def _unread_sqlite(user_id: uuid.UUID, room_id: uuid.UUID, read_seq: int, cap: int) -> Any:
+    capped = (
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.room_id == room_id,
+            MESSAGES.c.seq > read_seq,
+            MESSAGES.c.sender_id != user_id,
+            MESSAGES.c.deleted_at.is_(None),
+        )
+        .order_by(MESSAGES.c.seq)
+        .limit(cap)
+        .subquery()
+    )
+    return select(
+        literal(room_id, type_=Uuid()).label("room_id"),
+        select(func.count()).select_from(capped).scalar_subquery().label("unread"),
+    )
+
+
+async def unread_counts(
+    db: Database, *, user_id: uuid.UUID, read_seqs: dict[uuid.UUID, int], cap: int
+) -> dict[uuid.UUID, int]:
+    """Unread messages per room for a user at the given read seqs, in one statement."""
+    if not read_seqs:
+        return {}
+    rooms = list(read_seqs)
+    if db.pg is not None:
+        records = await db.pg.fetch(
+            _UNREAD, user_id, rooms, [read_seqs[room] for room in rooms], cap
+        )
+        return {record[0]: record[1] for record in records}
+    query = union_all(*(_unread_sqlite(user_id, room, read_seqs[room], cap) for room in rooms))
+    async with db.read() as connection:
+        rows = (await connection.execute(query)).all()
+    return {row.room_id: row.unread for row in rows}

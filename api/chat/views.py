@@ -179,6 +179,7 @@ class MemberView:
     user: UserView
     role: str
     joined_at: datetime
+    read_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -523,3 +523,80 @@ class PubSub:
             # Anything published while we were away is gone from the broker: refill from the DB.
             self._resync_all()
             return
+
+
+class PresenceRegistry:
+    """Which users each instance has sockets for, in Redis, so that every instance can tell who
+    is online anywhere and a crashed instance's users lapse (its keys expire) within `ttl`.
+
+    Without Redis (memory://) there is one process: nothing is stored and no instance but this
+    one exists.
+    """
+
+    PREFIX = "presence:"
+
+    def __init__(self, pubsub: PubSub, *, instance: str, ttl: float) -> None:
+        self.instance = instance
+        self.ttl = ttl
+        self._pool = pubsub.redis_pool
+        self._client = aioredis.Redis(connection_pool=self._pool) if self._pool else None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other instances share this registry (Redis)."""
+        return self._client is not None
+
+    def _users_key(self, instance: str) -> str:
+        return f"{self.PREFIX}users:{instance}"
+
+    def _alive_key(self, instance: str) -> str:
+        return f"{self.PREFIX}alive:{instance}"
+
+    async def add(self, user_id: str, user: str) -> None:
+        """This instance has a socket of the user (`user`: what others need to show them)."""
+        if self._client is None:
+            return
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.hset(self._users_key(self.instance), user_id, user)
+        pipeline.pexpire(self._users_key(self.instance), int(self.ttl * 1000))
+        await pipeline.execute()
+
+    async def remove(self, user_id: str) -> None:
+        """This instance has no socket of the user any more."""
+        if self._client is None:
+            return
+        await self._client.hdel(self._users_key(self.instance), user_id)
+
+    async def beat(self) -> None:
+        """This instance is alive: keep its keys for another `ttl`."""
+        if self._client is None:
+            return
+        ms = int(self.ttl * 1000)
+        pipeline = self._client.pipeline(transaction=False)
+        pipeline.set(self._alive_key(self.instance), "1", px=ms)
+        pipeline.pexpire(self._users_key(self.instance), ms)
+        await pipeline.execute()
+
+    async def instances(self) -> dict[str, dict[str, str]]:
+        """Every live instance (this one included) and the users it has sockets for."""
+        if self._client is None:
+            return {}
+        alive = [
+            _text(key).removeprefix(self.PREFIX + "alive:")
+            async for key in self._client.scan_iter(match=self.PREFIX + "alive:*", count=500)
+        ]
+        found: dict[str, dict[str, str]] = {}
+        for instance in alive:
+            users = await self._client.hgetall(self._users_key(instance))
+            found[instance] = {_text(k): _text(v) for k, v in users.items()}
+        return found
+
+    async def forget(self) -> None:
+        """This instance is stopping: its users are no longer here."""
+        if self._client is None:
+            return
+        await self._client.delete(self._users_key(self.instance), self._alive_key(self.instance))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     graphiql: bool | None = None
     message_max_length: int = Field(default=4000, ge=1)
     max_room_members: int = Field(default=1000, ge=2)
+    presence_timeout: float = Field(default=20.0, gt=0, le=30)
     database_pool_size: int = Field(default=10, ge=1)
     subscriber_queue_size: int = Field(default=256, ge=1)
     # How long a session read from the database authenticates requests without another read.
