@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -291,3 +293,54 @@ async def test_a_member_removed_through_one_instance_loses_their_subscriptions_o
             assert payload["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     for client in (alice, bob, bob_on_b, alice_on_b):
         await client.aclose()
+
+
+@needs_redis
+@pytest.mark.slow
+async def test_typing_and_presence_cross_instances_and_a_killed_instance_s_users_go_offline(
+    redis: RedisServer, database_url: str, tmp_path: Path
+) -> None:
+    from tests.chat.test_signals import SIGNALS, TYPING, summary
+
+    # A short presence TTL, so the test waits seconds, not the default's 20-25.
+    env = {**instance_env(database_url, redis.url, tmp_path), "PRESENCE_TIMEOUT": "4"}
+    a, b = ServerProcess(env), ServerProcess(env)
+    await asyncio.gather(a.start(), b.start())
+    try:
+        alice, bob, room_id, _ = await make_pair(a.url)
+        bob_on_b = GraphQLClient(b.url)
+        await bob_on_b.sign_in(bob.user["name"])  # type: ignore[index]
+        async with GraphQLWebSocket.connect(a.ws_url, cookie=alice.session_cookie) as on_a:
+            stream = await on_a.subscribe(SIGNALS, {"roomId": room_id})
+            assert summary((await stream.data())["roomSignals"])[0:2] == (
+                "Presence",
+                alice.user["name"],  # type: ignore[index]
+            )
+            # bob's socket on b is left open: b is killed under it below.
+            bob_socket = GraphQLWebSocket.connect(b.ws_url, cookie=bob_on_b.session_cookie)
+            await bob_socket.__aenter__()
+            assert summary((await stream.data())["roomSignals"]) == (
+                "Presence",
+                bob.user["name"],  # type: ignore[index]
+                True,
+            )
+            # Typing through b reaches the subscriber on a.
+            await bob_on_b.data(TYPING, {"roomId": room_id, "typing": True})
+            assert summary((await stream.data())["roomSignals"]) == (
+                "Typing",
+                bob.user["name"],  # type: ignore[index]
+                True,
+            )
+            # b dies without a word: bob goes offline on a once b's presence keys lapse
+            # (PRESENCE_TIMEOUT, plus at most a quarter of it for a's next check).
+            killed = time.monotonic()
+            await b.stop(kill=True)
+            seen = [summary((await stream.data(timeout=15))["roomSignals"]) for _ in range(2)]
+            assert ("Presence", bob.user["name"], False) in seen  # type: ignore[index]
+            assert time.monotonic() - killed <= 4 * 1.25 + 2
+            with contextlib.suppress(Exception):
+                await bob_socket.__aexit__(None, None, None)
+        for client in (alice, bob, bob_on_b):
+            await client.aclose()
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
