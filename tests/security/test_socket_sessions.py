@@ -32,6 +32,7 @@ from tests.support import (
     RunningServer,
     WSClosed,
     running_server,
+    subscription_total,
     wait_for_subscriber_total,
 )
 
@@ -244,6 +245,7 @@ async def test_after_a_broker_reconnect_the_sockets_reread_their_sessions_spread
             all_read.set()
         return await real_read(db, session_id=session_id)
 
+    baseline = subscription_total(server)  # the app's own (session notices, signals)
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(count):
             client: GraphQLClient = make_client()
@@ -252,7 +254,8 @@ async def test_after_a_broker_reconnect_the_sockets_reread_their_sessions_spread
                 GraphQLWebSocket.connect(server.ws_url, cookie=client.session_cookie)
             )
             await socket.subscribe(INBOX)
-        await wait_for_subscriber_total(server, 2 * count)  # a watcher and an inbox each
+        # A watcher and an inbox each.
+        await wait_for_subscriber_total(server, baseline + 2 * count)
         monkeypatch.setattr(users_store, "session_deadline", timed)
         # What a broker reconnect tells every subscriber: notices may have been lost.
         server.app.state.chat.pubsub._resync_all()
