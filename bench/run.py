@@ -32,7 +32,7 @@ from bench.stack import ROOT, STACKS, Stack
 SCENARIOS = {**BASE_SCENARIOS, **compare.SCENARIOS}
 BASE = ["fanout", "relay", "large", "sending", "history", "idle", "twoinstances"]
 PEER = compare.GROUPS["peer"]
-ALL = [*BASE, *PEER, "stalled"]
+ALL = [*BASE, *PEER, "mix10x10", "stalled"]
 GROUPS = {"all": ALL, **compare.GROUPS}
 
 
@@ -157,6 +157,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--stalled-subscriptions", type=int, help="stalled: subscriptions (50)")
     group.add_argument("--stalled-rate", type=float, help="stalled: msgs/s while stalled (50)")
     group.add_argument("--stalled-seconds", type=float, help="stalled: seconds of sending (20)")
+    group.add_argument(
+        "--mix-edits", type=float, help="mix10x10: share of operations that edit (0.1)"
+    )
+    group.add_argument(
+        "--mix-reactions", type=float, help="mix10x10: share of operations that react (0.1)"
+    )
+    group.add_argument(
+        "--mix-rounds", type=int, help="mix10x10: plain/mix pairs on the same sockets (2; quick 1)"
+    )
     return parser.parse_args(argv)
 
 
@@ -197,6 +206,9 @@ def build_config(args: argparse.Namespace) -> Config:
         "stalled_subscriptions",
         "stalled_rate",
         "stalled_seconds",
+        "mix_edits",
+        "mix_reactions",
+        "mix_rounds",
     ):
         value = getattr(args, name)
         if value is not None:

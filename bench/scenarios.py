@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import gcstats, seed
-from bench.loadgen import LoadGen, Room, StepStats, summarize_ms
+from bench.loadgen import LoadGen, Mix, Room, StepStats, summarize_ms
 from bench.procs import CpuMeter, rss_bytes
 from bench.profile import Profiler, format_summary
 from bench.stack import Server, Stack
@@ -90,6 +90,10 @@ class Config:
     stalled_seconds: float = 20.0
     stalled_warm_seconds: float = 5.0
     stalled_rcvbuf: int = 65536
+    # mix10x10: the peer10x10 topology and rate, plain sends against the activity mix
+    mix_edits: float = 0.1
+    mix_reactions: float = 0.1
+    mix_rounds: int = 2  # plain, mix, plain, mix, ... on the same sockets
     profile: bool = False
 
     @classmethod
@@ -120,6 +124,7 @@ class Config:
             sending1_stacks=["ours", "yoga"],
             stalled_seconds=8.0,
             stalled_warm_seconds=3.0,
+            mix_rounds=1,
         )
 
 
@@ -243,13 +248,17 @@ async def _step(
     msgs_per_s: float,
     seconds: float,
     servers: list[Server] | None = None,
+    mix: Mix | None = None,
 ) -> dict[str, Any]:
+    """One open-loop step (with `mix`, msgs_per_s counts every operation) and its drain."""
     tracker = lg.tracker
     gc_before = await gc_snapshots(servers or [])
     tracker.begin_step()
     before = meter.snapshot()
     started = perf()
-    achieved = await lg.open_loop(rooms, msgs_per_s, seconds, lambda room: len(room.sockets))
+    achieved = await lg.open_loop(
+        rooms, msgs_per_s, seconds, lambda room: len(room.sockets), mix=mix
+    )
     send_done = perf()
     drained = await lg.drain(ctx.config.drain_seconds)
     after = meter.snapshot()
@@ -287,6 +296,18 @@ async def _step(
         "http_retries": sum(pool.retries for pool in lg.pools),
         "timeline": timeline,
     }
+    if mix is not None:
+        # Edits and reactions deliver nothing on messageAdded: deliveries come from sends only,
+        # and the CPU is also reported per operation of any kind.
+        sends = lg.ops["send"]
+        step["mix"] = asdict(mix)
+        step["operations"] = dict(lg.ops)
+        step["offered_deliveries_per_s"] = round(sends / seconds * len(rooms[0].sockets))
+        step["server_cpu_us_per_operation"] = step["server_cpu_us_per_message"]
+        step["infra_cpu_us_per_operation"] = step["infra_cpu_us_per_message"]
+        step["response_ms_by_kind"] = {
+            kind: summarize_ms(latencies) for kind, latencies in lg.op_latencies.items()
+        }
     return step
 
 
