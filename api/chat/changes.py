@@ -73,6 +73,10 @@ class RoomTransaction:
         self.members = members
         self.events: list[EventRow] = []
         self._start_seq = last_seq
+        # Written together when the change is done (flush): one statement each for all the
+        # new members and all the entries of a createRoom or addMembers, however many.
+        self._joined: list[dict[str, Any]] = []
+        self._written = 0
 
     @property
     def is_group(self) -> bool:
@@ -89,20 +93,8 @@ class RoomTransaction:
         detail: str | None = None,
         message: MessageRow | None = None,
     ) -> int:
-        """Add a log entry with the room's next seq; returns that seq."""
+        """Add a log entry with the room's next seq (written at `flush`); returns that seq."""
         self.last_seq += 1
-        await self.connection.execute(
-            EVENTS.insert().values(
-                room_id=self.room_id,
-                seq=self.last_seq,
-                kind=kind,
-                actor_id=actor_id,
-                created_at=at,
-                message_id=message_id,
-                member_id=member_id,
-                detail=detail,
-            )
-        )
         self.events.append(
             EventRow(
                 room_id=self.room_id,
@@ -121,18 +113,50 @@ class RoomTransaction:
     # --- membership -----------------------------------------------------------------------
 
     async def add_member(self, user_id: uuid.UUID, *, role: str, at: datetime, seq: int) -> None:
-        await self.connection.execute(
-            MEMBERS.insert().values(
-                room_id=self.room_id,
-                user_id=user_id,
-                role=role,
-                joined_at=at,
-                joined_seq=seq,
+        """Add a member (written at `flush`)."""
+        self._joined.append(
+            {
+                "room_id": self.room_id,
+                "user_id": user_id,
+                "role": role,
+                "joined_at": at,
+                "joined_seq": seq,
                 # Joining counts as activity: the room shows in the new member's list.
-                last_activity_at=at,
-            )
+                "last_activity_at": at,
+            }
         )
         self.members[user_id] = Membership(user_id, role, at, seq)
+
+    async def flush(self) -> None:
+        """Write the new members and entries, and the room's new last seq."""
+        if self._joined:
+            await self.connection.execute(MEMBERS.insert().values(self._joined))
+            self._joined = []
+        entries = self.events[self._written :]
+        if entries:
+            await self.connection.execute(
+                EVENTS.insert().values(
+                    [
+                        {
+                            "room_id": e.room_id,
+                            "seq": e.seq,
+                            "kind": e.kind,
+                            "actor_id": e.actor_id,
+                            "created_at": e.created_at,
+                            "message_id": e.message_id,
+                            "member_id": e.member_id,
+                            "detail": e.detail,
+                        }
+                        for e in entries
+                    ]
+                )
+            )
+            self._written = len(self.events)
+        if self.last_seq != self._start_seq:
+            await self.connection.execute(
+                update(ROOMS).where(ROOMS.c.id == self.room_id).values(last_seq=self.last_seq)
+            )
+            self._start_seq = self.last_seq
 
     async def remove_member(self, user_id: uuid.UUID) -> None:
         await self.connection.execute(
@@ -191,10 +215,7 @@ async def room_transaction(
             members=await _members(connection, room_id),
         )
         yield transaction
-        if transaction.last_seq != transaction._start_seq:
-            await connection.execute(
-                update(ROOMS).where(ROOMS.c.id == room_id).values(last_seq=transaction.last_seq)
-            )
+        await transaction.flush()
 
 
 async def create_group(
@@ -225,9 +246,7 @@ async def create_group(
                 joined_kind, actor_id=owner_id, at=at, member_id=user_id, detail=role
             )
             await transaction.add_member(user_id, role=role, at=at, seq=seq)
-        await connection.execute(
-            update(ROOMS).where(ROOMS.c.id == room_id).values(last_seq=transaction.last_seq)
-        )
+        await transaction.flush()
     return transaction.events
 
 
