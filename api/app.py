@@ -79,6 +79,7 @@ def _build_state(
     from schema.execution import Plans
     from schema.hub import Hub
     from schema.log import event_type
+    from schema.signals import signal_type
 
     keys = derive_keys(settings.secret)
     state = AppState(
@@ -116,6 +117,8 @@ def _build_state(
         directory=state.directory,
         to_message=MessageType.from_view,
         to_event=event_type,
+        to_signal=signal_type,
+        signals=state.signals,
         behind_limit=settings.ws_behind_limit,
     )
     return state
