@@ -90,6 +90,12 @@ class Config:
     stalled_seconds: float = 20.0
     stalled_warm_seconds: float = 5.0
     stalled_rcvbuf: int = 65536
+    # signals (bench/signals.py): one group room, typing on roomSignals
+    signals_members: int = 200
+    signals_rate: float = 20.0  # setTyping calls/s over all members
+    signals_seconds: float = 30.0
+    signals_warm_seconds: float = 3.0
+    signals_message_rate: float | None = None  # messageAdded msgs/s; default 2 x signals_rate
     profile: bool = False
 
     @classmethod
@@ -120,6 +126,8 @@ class Config:
             sending1_stacks=["ours", "yoga"],
             stalled_seconds=8.0,
             stalled_warm_seconds=3.0,
+            signals_seconds=10.0,
+            signals_warm_seconds=2.0,
         )
 
 
