@@ -61,21 +61,22 @@ ROOM_SIGNALS = (
 class SignalTracker(Tracker):
     """Typing signals per setTyping call k: Typing(true) and Typing(false) on every socket.
 
-    A member's calls are members / rate seconds apart and each state lapses after 6 s, so a
-    member has one call in flight at a time: a Typing signal about member m belongs to m's
-    latest call. Each socket remembers, per member, the last call it saw each kind of signal
-    for (duplicates, and a false before its true = out of order). Sockets are numbered by their
+    A signal names its user, not the call, so signals are matched in order: the n-th
+    Typing(true) about member m on a socket belongs to m's n-th call (failed calls skipped),
+    and likewise for Typing(false). The server sends each socket its signals in order, so this
+    is exact unless it dropped some (they count as lost; the latency of later ones about that
+    member on that socket is then taken from an earlier call). Sockets are numbered by their
     `group` (the member index).
     """
 
     def __init__(self, names: list[str]) -> None:
         super().__init__()
         self.index = {name: i for i, name in enumerate(names)}
-        self.current = array("i", [-1] * len(names))  # member -> latest call k
-        self.member_of = array("i")  # k -> member
+        self.calls_of: list[list[int]] = [[] for _ in names]  # member -> its calls k
         self.got_false = array("i")
-        self.seen_true = [array("i", [-1] * len(names)) for _ in names]
-        self.seen_false = [array("i", [-1] * len(names)) for _ in names]
+        # socket -> member -> how far into calls_of[member] its signals have come
+        self.pos_true = [array("i", [0] * len(names)) for _ in names]
+        self.pos_false = [array("i", [0] * len(names)) for _ in names]
         self.false_lateness = array("d")
         self.presence = 0
         self.other_signals = 0
@@ -84,13 +85,16 @@ class SignalTracker(Tracker):
         super().begin_step()
         self.false_lateness = array("d")
         self.presence = self.other_signals = 0
+        # Whatever earlier calls still owe is not this step's (the bench settles in between).
+        for positions in (*self.pos_true, *self.pos_false):
+            for member, calls in enumerate(self.calls_of):
+                positions[member] = len(calls)
 
     def new_call(self, member: int, sent_at: float, expected: int) -> int:
         k = self.new_message(sent_at, expected)
         self.pending += expected  # and as many Typing(false)
-        self.member_of.append(member)
         self.got_false.append(0)
-        self.current[member] = k
+        self.calls_of[member].append(k)
         return k
 
     def on_response(
@@ -102,6 +106,18 @@ class SignalTracker(Tracker):
         if failed and not self.failed[k]:
             self.pending -= self.expected[k] - self.got_false[k]
         super().on_response(k, status, body, error, now)
+
+    def _call(self, positions: array[int], member: int) -> int:
+        """The call the next signal of this kind about `member` belongs to, or -1."""
+        calls = self.calls_of[member]
+        p = positions[member]
+        while p < len(calls) and self.failed[calls[p]]:
+            p += 1
+        if p >= len(calls):
+            positions[member] = p
+            return -1
+        positions[member] = p + 1
+        return calls[p]
 
     def on_message(self, conn: WSConn, payload: bytes, now: float) -> None:
         message = orjson.loads(payload)
@@ -125,32 +141,26 @@ class SignalTracker(Tracker):
                 self.other_signals += 1
             return
         member = self.index.get(node["user"]["name"], -1)
-        k = self.current[member] if member >= 0 else -1
-        if k < self.k_floor:
-            self.late += 1  # a call of an earlier phase (or someone not in the bench)
-            return
-        if self.failed[k]:
-            self.unexpected += 1
+        if member < 0:
+            self.unexpected += 1  # someone not in the bench
             return
         socket = conn.group
         if node["typing"]:
-            seen = self.seen_true[socket]
-            if seen[member] == k:
-                self.duplicates += 1
+            k = self._call(self.pos_true[socket], member)
+            if k < self.k_floor:
+                self.duplicates += 1  # more starts about this member than it made calls
                 return
-            seen[member] = k
             self.got[k] += 1
             self.pending -= 1
             self.last_at[k] = now
             self.latencies.append(now - self.sent_at[k])
             return
-        seen = self.seen_false[socket]
-        if seen[member] == k:
+        k = self._call(self.pos_false[socket], member)
+        if k < self.k_floor:
             self.duplicates += 1
             return
-        seen[member] = k
-        if self.seen_true[socket][member] != k:
-            self.out_of_order += 1  # a stop without its start (the start may still come)
+        if self.pos_false[socket][member] > self.pos_true[socket][member]:
+            self.out_of_order += 1  # a stop before its start
         self.got_false[k] += 1
         self.pending -= 1
         self.false_lateness.append(now - self.sent_at[k] - TYPING_TTL)
