@@ -168,9 +168,14 @@ class SignalTracker(Tracker):
     def end_typing_step(self) -> dict[str, Any]:
         stats: StepStats = self.end_step()  # Typing(true): lost, latency, last recipient
         lost_false = 0
+        silent = partial = 0  # calls nobody heard of at all; calls some sockets missed
         for k in range(self.k_floor, len(self.sent_at)):
             if not self.failed[k]:
                 lost_false += max(0, self.expected[k] - self.got_false[k])
+                if self.got[k] == 0 and self.got_false[k] == 0:
+                    silent += 1
+                elif self.got[k] < self.expected[k] or self.got_false[k] < self.expected[k]:
+                    partial += 1
         out = asdict(stats)
         true_delivered = stats.deliveries
         false_delivered = len(self.false_lateness)
@@ -183,6 +188,8 @@ class SignalTracker(Tracker):
                 "lost_true": stats.lost,
                 "lost_false": lost_false,
                 "lost": stats.lost + lost_false,
+                "calls_without_any_signal": silent,
+                "calls_partly_delivered": partial,
                 "false_lateness_ms": summarize_ms(self.false_lateness),
                 "presence_signals": self.presence,
                 "other_signals": self.other_signals,
@@ -341,7 +348,9 @@ def _typing_line(step: dict[str, Any]) -> str:
         f"    typing {step['set_typing_per_s']:g}/s x {step['seconds']:g} s: "
         f"{step['typing_true_delivered']} true + {step['typing_false_delivered']} false "
         f"delivered (lost {step['lost_true']} + {step['lost_false']}, dup {step['duplicates']}, "
-        f"ooo {step['out_of_order']}, err {step['errors'] + step['send_errors']}); "
+        f"ooo {step['out_of_order']}, err {step['errors'] + step['send_errors']}; calls "
+        f"unheard {step['calls_without_any_signal']}, partly heard "
+        f"{step['calls_partly_delivered']}, drained {step['drained']}); "
         f"true p50 {d['p50']} p99 {d['p99']} ms, setTyping p99 {step['response_ms']['p99']} ms; "
         f"server {step['cpu']['server_cpu_pct']:.0f}% = {step['server_cpu_us_per_delivery']} "
         f"us/signal, db/broker {step['cpu']['infra_cpu_pct']:.0f}%, "
@@ -563,7 +572,10 @@ def render(results: dict[str, Any]) -> list[str]:
         f"p99 {_fmt(t['false_lateness_ms']['p99'])} ms late (from setTyping's schedule + 6 s); "
         f"server CPU per setTyping call, its 400 signals included: "
         f"{_fmt(t['server_cpu_us_per_call'], 0)} us; signal / message CPU per delivery: "
-        f"{_fmt(result.get('signal_over_message_cpu'), 2)}"
+        f"{_fmt(result.get('signal_over_message_cpu'), 2)}. Calls of which no socket got "
+        f"anything: {t['calls_without_any_signal']}, that some sockets missed: "
+        f"{t['calls_partly_delivered']} (of {t['calls']}); drained within the limit: "
+        f"{'yes' if t['drained'] else 'no'}."
     )
     return lines
 
