@@ -94,6 +94,12 @@ class Config:
     mix_edits: float = 0.1
     mix_reactions: float = 0.1
     mix_rounds: int = 2  # plain, mix, plain, mix, ... on the same sockets
+    # signals (bench/signals.py): one group room, typing on roomSignals
+    signals_members: int = 200
+    signals_rate: float = 20.0  # setTyping calls/s over all members
+    signals_seconds: float = 30.0
+    signals_warm_seconds: float = 3.0
+    signals_message_rate: float | None = None  # messageAdded msgs/s; default 2 x signals_rate
     profile: bool = False
 
     @classmethod
@@ -125,6 +131,8 @@ class Config:
             stalled_seconds=8.0,
             stalled_warm_seconds=3.0,
             mix_rounds=1,
+            signals_seconds=10.0,
+            signals_warm_seconds=2.0,
         )
 
 
