@@ -27,6 +27,7 @@ from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
 from api.core.tasks import Unfinished
+from api import webclient
 from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.state import AppState
@@ -206,8 +207,12 @@ def create_app(
     endpoint = GraphQLHTTPEndpoint(
         max_body_bytes=settings.max_body_bytes, allowed_origins=settings.allowed_origins
     )
+    if settings.web_client_enabled and not webclient.available():
+        log.warning("WEB_CLIENT is on but %s is missing: / redirects to /graphql", webclient.WEB_DIR)
+    web_client = settings.web_client_enabled and webclient.available()
     routes = [
-        Route("/", root),
+        Route("/", webclient.index if web_client else root),
+        *([Mount("/web", webclient.static_app(), name="web")] if web_client else []),
         Route("/healthz", healthz),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
         Route("/graphql", view, methods=["GET"]),
