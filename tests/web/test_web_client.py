@@ -150,6 +150,7 @@ async def test_two_people_sign_up_and_chat_directly_both_ways(chat: Chat, tmp_pa
 
     await open_room(bob, alice.name)
     await expect(bob.message("hello bob")).to_have_count(1)
+    await expect(bob.page.locator("#room-presence")).to_have_text("online")
     await send(bob, "hi alice")
     await expect(alice.message("hi alice")).to_have_count(1)
     # Bob read alice's message as it scrolled into view: alice sees the tick.

@@ -242,7 +242,7 @@ function followPresence() {
   }
   for (const id of wanted) {
     if (state.signals.has(id)) continue;
-    state.signals.set(id, state.api.follow(Q.ROOM_SIGNALS, () => ({ roomId: id }), ({ roomSignals: s }) => {
+    state.signals.set(id, state.api.follow(Q.PRESENCE_SIGNALS, () => ({ roomId: id }), ({ roomSignals: s }) => {
       if (s.__typename === "Presence" && s.user.id !== state.me.id) {
         state.presence.set(id, s.online);
         const dot = $(`#rooms .room[data-id="${CSS.escape(id)}"] .dot`);

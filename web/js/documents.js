@@ -136,6 +136,13 @@ export const INBOX_EVENTS = `subscription InboxEvents {
   }
 }`;
 
+// The room list's presence dots: only Presence matters there. (A document of its own, so urql
+// does not share it with the open room's ROOM_SIGNALS: a shared operation would not replay the
+// current state to its second subscriber.)
+export const PRESENCE_SIGNALS = `subscription PresenceSignals($roomId: ID!) {
+  roomSignals(roomId: $roomId) { __typename ... on Presence { roomId user { id name } online } }
+}`;
+
 // Ephemeral state: the current state first (who is online, who is typing), then changes.
 export const ROOM_SIGNALS = `subscription RoomSignals($roomId: ID!) {
   roomSignals(roomId: $roomId) {

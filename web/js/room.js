@@ -109,6 +109,9 @@ export class RoomView {
     if (event.seq <= this.lastSeq) return; // already shown (the page, or before a reconnect)
     switch (event.__typename) {
       case "MessagePosted":
+        if (this.typers.has(event.actor.name)) this.#showTyping(event.actor.name, false); // sent
+        this.#upsertMessage(event.message);
+        break;
       case "MessageEdited":
         this.#upsertMessage(event.message);
         break;
