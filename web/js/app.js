@@ -17,6 +17,7 @@ const state = {
   open: null, // the RoomView
   refreshTimer: null,
   refetching: new Map(), // room id -> timer (inbox events refetch the room, debounced)
+  left: new Set(), // rooms the user left or was removed from: a late answer must not revive them
 };
 
 function setStatus(status, previous) {
@@ -54,6 +55,7 @@ function showAuth(message = "") {
   state.signals.clear();
   state.presence.clear();
   state.rooms.clear();
+  state.left.clear();
   state.order = [];
   state.stopInbox = null;
   $("#app").replaceChildren();
@@ -196,6 +198,7 @@ function activity(room) {
 }
 
 function upsertRoom(room) {
+  if (state.left.has(room.id)) return;
   state.rooms.set(room.id, room);
   state.order = [...state.rooms.values()].sort((a, b) => activity(b).localeCompare(activity(a))).map((r) => r.id);
   renderRooms();
@@ -203,6 +206,9 @@ function upsertRoom(room) {
 }
 
 function removeRoom(id) {
+  state.left.add(id);
+  clearTimeout(state.refetching.get(id));
+  state.refetching.delete(id);
   state.rooms.delete(id);
   state.order = state.order.filter((r) => r !== id);
   if (state.open?.room.id === id) closeRoom("You are no longer in this room.");
@@ -254,17 +260,23 @@ function followPresence() {
 }
 
 function onInboxEvent(event) {
-  if (event.__typename === "MemberLeft" && event.member.id === state.me.id) {
+  const self = event.member?.id === state.me.id;
+  if (event.__typename === "MemberLeft" && self) {
     removeRoom(event.roomId);
     return;
   }
+  if (event.__typename === "MemberJoined" && self) state.left.delete(event.roomId); // (re)added
   // Whatever happened, the room's list entry (last message, unread count) is read again;
   // several events in a burst cost one read.
   clearTimeout(state.refetching.get(event.roomId));
   state.refetching.set(event.roomId, setTimeout(async () => {
     state.refetching.delete(event.roomId);
-    const data = await attempt(() => state.api.query(Q.ROOM, { id: event.roomId }));
-    if (data?.room) upsertRoom(data.room);
+    try {
+      const { room } = await state.api.query(Q.ROOM, { id: event.roomId });
+      if (room) upsertRoom(room);
+    } catch {
+      // FORBIDDEN: left meanwhile; its MemberLeft removes it. Anything else: the next event.
+    }
   }, 100));
 }
 
