@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import webclient
 from api.chat.reads import ReadPositions
 from api.chat.signals import Signals
 from api.core.collector import CollectorPolicy
@@ -27,7 +28,6 @@ from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
 from api.core.tasks import Unfinished
-from api import webclient
 from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.state import AppState
@@ -208,7 +208,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes, allowed_origins=settings.allowed_origins
     )
     if settings.web_client_enabled and not webclient.available():
-        log.warning("WEB_CLIENT is on but %s is missing: / redirects to /graphql", webclient.WEB_DIR)
+        log.warning("WEB_CLIENT is on but %s is missing: / goes to /graphql", webclient.WEB_DIR)
     web_client = settings.web_client_enabled and webclient.available()
     routes = [
         Route("/", webclient.index if web_client else root),

@@ -35,6 +35,10 @@ class Person:
     errors: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
 
+    def console(self, kind: str, text: str) -> None:
+        if kind == "error":
+            self.errors.append(text)
+
     def room(self, title: str) -> Any:
         return self.page.locator(f'#rooms .room[data-name="{title}"]')
 
@@ -54,7 +58,7 @@ class Chat:
         context.set_default_timeout(TIMEOUT_MS)
         page = await context.new_page()
         person = Person(unique_name(key), context, page)
-        page.on("console", lambda m: m.type == "error" and person.errors.append(m.text))
+        page.on("console", lambda m: person.console(m.type, m.text))
         page.on("pageerror", lambda e: person.errors.append(f"uncaught: {e}"))
         page.on("request", lambda r: person.urls.append(r.url))
         page.on("websocket", lambda ws: person.urls.append(ws.url))
@@ -244,7 +248,8 @@ async def test_a_group_of_three(chat: Chat, tmp_path: Path) -> None:
     await snap(alice, tmp_path, "group")
 
     # Bob is removed: the room leaves his list; carol leaves on her own.
-    await alice.page.locator('#members-panel .member[data-name="%s"] .remove-member' % bob.name).click()
+    member = alice.page.locator(f'#members-panel .member[data-name="{bob.name}"]')
+    await member.locator(".remove-member").click()
     await expect(bob.room("Launch day")).to_have_count(0)
     await carol.page.locator("#toggle-members").click()
     await carol.page.locator("#members-panel .leave").click()
@@ -293,9 +298,12 @@ async def test_a_server_restart_reconnects_and_shows_every_message_once(
         for n in (1, 2):
             await expect(person.message(f"after the restart {n}")).to_have_count(1)
     await expect(bob.page.locator("#log .message")).to_have_count(shown_before + 4)
-    seqs = [int(s) for s in await bob.page.locator("#log [data-seq]").evaluate_all(
-        "els => els.map(e => e.dataset.seq)"
-    )]
+    seqs = [
+        int(s)
+        for s in await bob.page.locator("#log [data-seq]").evaluate_all(
+            "els => els.map(e => e.dataset.seq)"
+        )
+    ]
     assert seqs == sorted(set(seqs)), seqs  # in order, none twice
     await snap(bob, tmp_path, "after-restart")
     for person in chat.people.values():
