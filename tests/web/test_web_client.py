@@ -258,6 +258,23 @@ async def test_a_group_of_three(chat: Chat, tmp_path: Path) -> None:
     await expect(alice.page.locator("#members-panel .member")).to_have_count(1)
 
 
+async def test_signing_out_elsewhere_ends_the_session_here(chat: Chat, tmp_path: Path) -> None:
+    carol = chat.people["carol"]
+    other = await carol.context.new_page()  # a second tab of the same browser: one session
+    other.on("console", lambda m: carol.console(m.type, m.text))
+    other.on("pageerror", lambda e: carol.errors.append(f"uncaught: {e}"))
+    await other.goto(chat.server.url + "/")
+    await expect(other.locator("#me")).to_have_text(carol.name)
+    await other.locator("#sign-out").click()
+    await expect(other.locator("#auth")).to_be_visible()
+    # The server closes the session's sockets with 4401: the first tab goes to sign-in.
+    await expect(carol.page.locator("#auth-error")).to_have_text(
+        "Your session has ended. Please sign in again."
+    )
+    await snap(carol, tmp_path, "session-ended")
+    await other.close()
+
+
 async def test_a_server_restart_reconnects_and_shows_every_message_once(
     chat: Chat, tmp_path: Path
 ) -> None:
