@@ -89,7 +89,9 @@ def _build_state(
         sessions=SessionCache(ttl=settings.session_cache_ttl),
         directory=UserDirectory(),
         unfinished=Unfinished(),
-        session_watch=users.SessionWatch(db=db, verify_for=settings.session_verify_timeout),
+        session_registry=users.SessionRegistry(
+            db=db, pubsub=pubsub, verify_for=settings.session_verify_timeout
+        ),
     )
     state.documents = Documents(
         view.schema._schema,
@@ -154,7 +156,7 @@ def create_app(
                 users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
                 name="session-notices",
             ),
-            asyncio.create_task(state.session_watch.run(), name="session-watch"),
+            asyncio.create_task(state.session_registry.run(), name="session-registry"),
             asyncio.create_task(
                 users.purge_sessions_forever(
                     db=db,
@@ -184,6 +186,7 @@ def create_app(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            await state.session_registry.close()
             await limiter.close()
             await pubsub.disconnect()
             await db.dispose()

@@ -14,7 +14,7 @@ from api.core.settings import Settings
 from api.core.tasks import Unfinished
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
-from api.users.service import SessionWatch
+from api.users.service import SessionRegistry
 
 
 @dataclass(slots=True)
@@ -31,7 +31,8 @@ class AppState:
     sessions: SessionCache
     directory: UserDirectory
     unfinished: Unfinished
-    session_watch: SessionWatch
+    # Every socket of the process by session, closed when its session ends.
+    session_registry: SessionRegistry
     # The GraphQL layer's prepared-document cache (schema.documents.Documents); typed loosely
     # because api/ never imports schema/.
     documents: Any = None
