@@ -10,6 +10,7 @@ transport's pause and resume to whoever listens.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -40,10 +41,103 @@ def text_frame(data: bytes) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + data
 
 
+class _Inbox:
+    """A socket's received events, for its one ASGI task: what uvicorn's asyncio.Queue does
+    here (put_nowait, get, empty), without its four deques (about 3 KiB per socket)."""
+
+    __slots__ = ("_items", "_waiters")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        # uvicorn pauses reading while an event waits, so this list holds one or two.
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
+class _Flag:
+    """uvicorn's `writable` flag: asyncio.Event's set, clear, is_set and wait, with its list of
+    waiters made only when somebody waits (an Event keeps a deque per socket)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol with direct frame writes and flow reports."""
+    """uvicorn's sans-I/O WebSocket protocol with direct frame writes and flow reports, and
+    less kept per idle socket (10,000 of them are the target on one process)."""
 
     flow: FlowListener | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Same behaviour, a fraction of the memory (uvicorn only ever calls these methods).
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
+
+    def start_keepalive(self) -> None:
+        # uvicorn calls this right after the handshake response went out: the parsed upgrade
+        # request and the response (their headers, about 4 KiB) are not needed any more; the
+        # app has what it uses in its scope. websockets' parser keeps the request object for
+        # the connection's lifetime (a local of its generator), so its headers are emptied.
+        if self.request is not None:
+            self.request.headers.clear()
+        self.request = None  # type: ignore[assignment]
+        self.response = None  # type: ignore[assignment]
+        super().start_keepalive()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
