@@ -41,34 +41,50 @@ def text_frame(data: bytes) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + data
 
 
-class _Inbox:
-    """A socket's received events, for its one ASGI task: what uvicorn's asyncio.Queue does
-    here (put_nowait, get, empty), without its four deques (about 3 KiB per socket)."""
+class _Waiters:
+    """Futures of whoever waits, in a list made only when somebody does (asyncio's Queue and
+    Event keep a deque each from the start, about 700 bytes apiece)."""
 
-    __slots__ = ("_items", "_waiters")
+    __slots__ = ("_waiters",)
 
     def __init__(self) -> None:
-        self._items: list[Any] = []
         self._waiters: list[asyncio.Future[None]] | None = None
 
-    def put_nowait(self, item: Any) -> None:
-        self._items.append(item)
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
+    async def _wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
+class _Inbox(_Waiters):
+    """A socket's received events, for its ASGI task: what uvicorn uses of asyncio.Queue
+    (put_nowait, get, empty), without its four deques (about 3 KiB per socket)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._items: list[Any] = []
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        self._wake()
+
     async def get(self) -> Any:
         while not self._items:
-            waiter = asyncio.get_running_loop().create_future()
-            if self._waiters is None:
-                self._waiters = []
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if self._waiters is not None and waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            await self._wait()
         # uvicorn pauses reading while an event waits, so this list holds one or two.
         return self._items.pop(0)
 
@@ -79,41 +95,29 @@ class _Inbox:
         return len(self._items)
 
 
-class _Flag:
-    """uvicorn's `writable` flag: asyncio.Event's set, clear, is_set and wait, with its list of
-    waiters made only when somebody waits (an Event keeps a deque per socket)."""
+class _Flag(_Waiters):
+    """uvicorn's `writable` flag: what it uses of asyncio.Event (set, clear, is_set, wait)."""
 
-    __slots__ = ("_set", "_waiters")
+    __slots__ = ("_set",)
 
     def __init__(self) -> None:
+        super().__init__()
         self._set = True
-        self._waiters: list[asyncio.Future[None]] | None = None
 
     def is_set(self) -> bool:
         return self._set
 
     def set(self) -> None:
         self._set = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def clear(self) -> None:
         self._set = False
 
     async def wait(self) -> None:
-        if self._set:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if self._waiters is not None and waiter in self._waiters:
-                self._waiters.remove(waiter)
+        # As asyncio.Event: once woken by `set`, return (even if cleared again meanwhile).
+        if not self._set:
+            await self._wait()
 
 
 class ChatWebSocketProtocol(WebSocketsSansIOProtocol):
