@@ -16,7 +16,7 @@ from api.core.settings import Settings
 from api.core.tasks import Unfinished
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
-from api.users.service import SessionWatch
+from api.users.service import SessionRegistry
 
 
 @dataclass(slots=True)
@@ -33,7 +33,8 @@ class AppState:
     sessions: SessionCache
     directory: UserDirectory
     unfinished: Unfinished
-    session_watch: SessionWatch
+    # Every socket of the process by session, closed when its session ends.
+    session_registry: SessionRegistry
     # Read positions not yet written (api.chat.reads) and typing/presence (api.chat.signals).
     reads: ReadPositions
     signals: Signals

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +22,6 @@ from strawberry.types.unset import UnsetType
 from api.core.settings import Settings
 from api.graphiql import graphiql_html
 from api.state import AppState
-from api.users import service as users
 from schema import build_schema
 from schema.context import Context
 from schema.ws import LegacyWSHandler, TransportWSHandler
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # range that graphql-ws clients treat as fatal (no blind retry): the client signs in (or
 # refreshes), reconnects and resubscribes from its last cursor.
 SESSION_ENDED_CLOSE_CODE = 4401
-_WATCHERS = "chat.session_watchers"
+_SESSION_END = "chat.session_end"
 # The user a socket counts as online (api.chat.signals), once it is authenticated.
 _PRESENT = "chat.present"
 
@@ -55,19 +55,15 @@ class ChatGraphQL(GraphQL[Context, None]):
         if scope["type"] != "websocket":
             await super().__call__(scope, receive, send)
             return
-        watchers: list[asyncio.Task[None]] = []
-        scope[_WATCHERS] = watchers
         try:
             await super().__call__(scope, receive, send)
         finally:
             present = scope.get(_PRESENT)
             if present is not None:
                 scope["app"].state.chat.signals.disconnected(present)
-            for watcher in watchers:
-                watcher.cancel()
-            for watcher in watchers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            session_end: _SessionEnd | None = scope.get(_SESSION_END)
+            if session_end is not None:
+                await session_end.stop()
 
     def encode_json(self, data: object) -> str:
         # orjson is several times faster than json on every response and socket frame; a str
@@ -103,29 +99,15 @@ class ChatGraphQL(GraphQL[Context, None]):
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
         websocket = context.request
         assert isinstance(websocket, WebSocket)
-        watcher = asyncio.create_task(self._close_when_session_ends(context, websocket))
-        websocket.scope[_WATCHERS].append(watcher)
+        # The process's session registry closes the socket when its session ends; the socket
+        # costs it one small object, no task.
+        session_end = _SessionEnd(context, websocket, auth.session.id)
+        websocket.scope[_SESSION_END] = session_end
+        context.state.session_registry.add(auth.session.id, session_end)
         # Online from its first authenticated socket on any instance to its last.
         context.state.signals.connected(auth.user)
         websocket.scope[_PRESENT] = auth.user.id
         return None
-
-    async def _close_when_session_ends(self, context: Context, websocket: WebSocket) -> None:
-        auth = await context.require_auth()
-        state = context.state
-        reason = await users.wait_for_session_end(
-            db=state.db,
-            pubsub=state.pubsub,
-            session_id=auth.session.id,
-            watch=state.session_watch,
-            verify_for=state.settings.session_verify_timeout,
-        )
-        if reason == "closed" or websocket.application_state != WebSocketState.CONNECTED:
-            return
-        context.forget_auth()
-        log.info("closing socket of session %s: %s", auth.session.id, reason)
-        with contextlib.suppress(RuntimeError, OSError):
-            await websocket.close(code=SESSION_ENDED_CLOSE_CODE, reason=f"session {reason}")
 
     def should_render_graphql_ide(self, request: Any) -> bool:
         # strawberry would try to run `?query=` as an operation (and refuse it: queries by GET
@@ -135,6 +117,37 @@ class ChatGraphQL(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(graphiql_html(), headers={"Content-Security-Policy": GRAPHIQL_CSP})
+
+
+class _SessionEnd:
+    """Closes one socket with 4401 when the session registry says its session ended."""
+
+    __slots__ = ("closing", "context", "session_id", "websocket")
+
+    def __init__(self, context: Context, websocket: WebSocket, session_id: uuid.UUID) -> None:
+        self.context = context
+        self.websocket = websocket
+        self.session_id = session_id
+        self.closing: asyncio.Task[None] | None = None
+
+    def __call__(self, reason: str) -> None:
+        if self.websocket.application_state != WebSocketState.CONNECTED:
+            return
+        self.context.forget_auth()
+        log.info("closing socket of session %s: %s", self.session_id, reason)
+        self.closing = asyncio.ensure_future(self._close(reason))
+
+    async def _close(self, reason: str) -> None:
+        with contextlib.suppress(RuntimeError, OSError):
+            await self.websocket.close(code=SESSION_ENDED_CLOSE_CODE, reason=f"session {reason}")
+
+    async def stop(self) -> None:
+        """The socket ended: stop following its session."""
+        self.context.state.session_registry.discard(self.session_id, self)
+        if self.closing is not None:
+            self.closing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.closing
 
 
 def create_view(settings: Settings) -> ChatGraphQL:

@@ -87,6 +87,13 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         super().__init__(*args, **kwargs)
         self.hub_operations = HubOperations(self, TRANSPORT_WS)
 
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        # strawberry cancels its init deadline here but keeps the task object for the life of
+        # the socket; once cancelled, nothing needs it (shutdown skips None).
+        if self.connection_init_received:
+            self.connection_init_timeout_task = None
+
     async def handle_subscribe(self, message: Any) -> None:
         if self.connection_acknowledged:
             request = self.hub_operations.take(message)

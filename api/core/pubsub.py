@@ -210,7 +210,11 @@ class Subscription:
 
     def __init__(self, channel: str, maxsize: int, handler: Handler | None = None) -> None:
         self.channel = channel
-        self._queue: asyncio.Queue[str | _Marker] = asyncio.Queue()
+        # A subscriber with a handler never queues, so it has no queue (four deques, about
+        # 3 KiB, for each session with sockets on this process).
+        self._queue: asyncio.Queue[str | _Marker] | None = (
+            asyncio.Queue() if handler is None else None
+        )
         self._maxsize = maxsize
         self._handler = handler
         self.overflows = 0
@@ -223,6 +227,7 @@ class Subscription:
             except Exception:  # a handler's bug must not stop the channel's other subscribers
                 log.exception("pub/sub handler for %s failed", self.channel)
             return
+        assert self._queue is not None
         if self._queue.qsize() >= self._maxsize:
             self.overflows += 1
             while not self._queue.empty():
@@ -232,18 +237,22 @@ class Subscription:
 
     def close(self) -> None:
         """End iteration after whatever is queued."""
-        self._queue.put_nowait(_CLOSED)
+        if self._queue is not None:
+            self._queue.put_nowait(_CLOSED)
 
     def pending(self) -> int:
         """How many items wait in the queue."""
-        return self._queue.qsize()
+        return self._queue.qsize() if self._queue is not None else 0
 
     def __aiter__(self) -> AsyncIterator[str | _Marker]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[str | _Marker]:
+        queue = self._queue
+        if queue is None:
+            raise TypeError("a subscription with a handler is not iterable")
         while True:
-            item = await self._queue.get()
+            item = await queue.get()
             if item is _CLOSED:
                 return
             yield item

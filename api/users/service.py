@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from api.core import security
 from api.core.db import Database, utcnow
 from api.core.errors import BadUserInput, Conflict, Unauthenticated
-from api.core.pubsub import RESYNC, PubSub
+from api.core.pubsub import RESYNC, PubSub, Subscription
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
 from api.users import store
@@ -397,17 +398,23 @@ async def list_active_sessions(*, db: Database, user_id: uuid.UUID) -> list[Sess
     return list(await store.active_sessions(db, user_id=user_id, now=utcnow()))
 
 
-# A socket's session is verified again when there is a reason: a refresh, a broker reconnect
-# (notices may have been lost), and periodically by the SessionWatch of the process. Reads that
-# fail are retried with backoff and jitter; a session that cannot be verified for
-# SESSION_VERIFY_TIMEOUT seconds ends the socket ("unverifiable").
+# A socket's session is read again when there is a reason: a refresh, a broker reconnect
+# (notices may have been lost), and periodically for every session of the process together.
+# Reads that fail are retried with backoff and jitter; a session that cannot be verified for
+# SESSION_VERIFY_TIMEOUT seconds ends its sockets ("unverifiable").
 READ_TIMEOUT = 5.0
 RETRY_FIRST = 0.2
 RETRY_MAX = 5.0
-# After a broker reconnect every socket of the process re-reads its session at once: spread
-# over this many seconds, the reads do not all queue for the pool together.
+# After a broker reconnect every session of the process is read again: spread over this many
+# seconds, the reads do not all queue for the pool together.
 RESYNC_SPREAD = 2.0
 UNVERIFIABLE = "unverifiable"
+REVOKED = "revoked"
+EXPIRED = "expired"
+
+SocketEnd = Callable[[str], None]
+"""Called once with the reason ("revoked", "expired" or "unverifiable") when a socket's
+session ends; it closes that socket."""
 
 
 def _retry_delay(failures: int) -> float:
@@ -415,68 +422,250 @@ def _retry_delay(failures: int) -> float:
     return random.uniform(0, min(RETRY_MAX, RETRY_FIRST * 2 ** (failures - 1)))  # noqa: S311
 
 
-class _Watched:
-    """One socket's view of its session: the deadline last read and when it was read."""
+class _Session:
+    """One session with sockets on this process: what was last read of it, and its timers."""
 
-    __slots__ = ("changed", "deadline", "read", "session_id", "verified_at")
+    __slots__ = (
+        "deadline",
+        "expiry",
+        "failures",
+        "id",
+        "known",
+        "read_again",
+        "read_at",
+        "read_timer",
+        "reading",
+        "sockets",
+        "subscription",
+        "verified_at",
+    )
 
     def __init__(self, session_id: uuid.UUID, verified_at: float) -> None:
-        self.session_id = session_id
+        self.id = session_id
+        self.sockets: set[SocketEnd] = set()
+        self.subscription: Subscription | None = None
+        # None until read: a session counts as verified from the moment its first socket came.
         self.deadline: datetime | None = None
+        self.known = False
         self.verified_at = verified_at
-        self.read = False
-        self.changed = asyncio.Event()
+        self.failures = 0
+        self.read_at = 0.0
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.reading: asyncio.Task[None] | None = None
+        self.read_again = False
+        self.expiry: asyncio.TimerHandle | None = None
 
-    def verified(self, deadline: datetime | None, at: float) -> None:
-        # The socket's watcher wakes only when there is something to decide: the first read,
-        # or a deadline that moved (10,000 sockets woken at every periodic check cost 13% of
-        # a core while idle).
-        news = not self.read or deadline != self.deadline
-        self.deadline = deadline
-        self.verified_at = at
-        self.read = True
-        if news:
-            self.changed.set()
-
-    def doubt(self, now: float, limit: float) -> None:
-        """Wake the watcher if the session has gone unverified too long (it then closes)."""
-        if now - self.verified_at >= limit:
-            self.changed.set()
+    @property
+    def read_pending(self) -> bool:
+        return self.read_timer is not None or self.reading is not None
 
 
-class SessionWatch:
-    """The sessions of every socket of this process, verified together: one query per
-    interval for all of them (built and run by the app's lifespan).
+class SessionRegistry:
+    """Every socket of this process by session, and what ends them: one structure for the
+    whole process (built by the app's lifespan), with no task or coroutine per socket.
 
-    Without it a socket's session would only be read again on a notice; with the database
-    down, nothing would notice that it can no longer be verified, and a lost sign-out notice
-    would never be made up for.
+    A socket closes when its session is revoked (a pub/sub notice, or a read that finds it
+    gone), when it expires (a timer at its deadline), or when it cannot be verified for
+    `verify_for` seconds (the database unreachable). Each session's channel is joined once,
+    however many sockets it has; every session is read again together, one query per
+    interval. Without the periodic read a lost sign-out notice, or a database that stopped
+    answering, would go unnoticed.
     """
 
-    def __init__(self, *, db: Database, verify_for: float, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        pubsub: PubSub,
+        verify_for: float,
+        interval: float | None = None,
+    ) -> None:
         self.db = db
+        self.pubsub = pubsub
         self.verify_for = verify_for
         self.interval = interval if interval is not None else max(verify_for / 3, 0.2)
-        self._watched: dict[uuid.UUID, set[_Watched]] = {}
+        self._sessions: dict[uuid.UUID, _Session] = {}
+        # Short-lived work (a join, a read, a leave), held so it is not collected mid-way and
+        # so `close` can end it.
+        self._work: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
-    def add(self, watched: _Watched) -> None:
-        self._watched.setdefault(watched.session_id, set()).add(watched)
+    def __len__(self) -> int:
+        return len(self._sessions)
 
-    def discard(self, watched: _Watched) -> None:
-        same = self._watched.get(watched.session_id)
-        if same is not None:
-            same.discard(watched)
-            if not same:
-                del self._watched[watched.session_id]
+    @property
+    def socket_count(self) -> int:
+        """How many sockets are followed."""
+        return sum(len(entry.sockets) for entry in self._sessions.values())
+
+    def add(self, session_id: uuid.UUID, on_end: SocketEnd) -> None:
+        """Follow a socket's session: `on_end` is called once if the session ends while the
+        socket is registered (call `discard` when the socket goes)."""
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            loop = asyncio.get_running_loop()
+            entry = self._sessions[session_id] = _Session(session_id, loop.time())
+            self._spawn(self._join(entry))
+        entry.sockets.add(on_end)
+
+    def discard(self, session_id: uuid.UUID, on_end: SocketEnd) -> None:
+        """Stop following a socket (it closed); its session's last socket takes the session
+        along."""
+        entry = self._sessions.get(session_id)
+        if entry is None:
+            return
+        entry.sockets.discard(on_end)
+        if not entry.sockets:
+            self._forget(entry)
+
+    async def close(self) -> None:
+        """Stop every timer and piece of work (at shutdown); sockets stay open."""
+        self._closed = True
+        for entry in list(self._sessions.values()):
+            self._forget(entry)
+        work = list(self._work)
+        for task in work:
+            task.cancel()
+        await asyncio.gather(*work, return_exceptions=True)
+
+    async def _join(self, entry: _Session) -> None:
+        subscription = await self.pubsub.join(
+            session_channel(entry.id), functools.partial(self._heard, entry)
+        )
+        if self._sessions.get(entry.id) is not entry:
+            await self.pubsub.leave(subscription)
+            return
+        entry.subscription = subscription
+        # Read first thing after subscribing, so a sign-out in between is not missed.
+        self._read(entry, at=asyncio.get_running_loop().time())
+
+    def _heard(self, entry: _Session, signal: str | object) -> None:
+        """A notice on the session's channel (or RESYNC after a broker reconnect)."""
+        if self._sessions.get(entry.id) is not entry:
+            return
+        now = asyncio.get_running_loop().time()
+        if signal == SESSION_REVOKED:
+            self._end(entry, REVOKED)
+        elif signal == SESSION_REFRESHED:
+            self._read(entry, at=now)
+        elif signal is RESYNC:
+            # Every session of the process hears this at once: spread the reads.
+            self._read(entry, at=now + random.uniform(0, RESYNC_SPREAD))  # noqa: S311
+
+    def _read(self, entry: _Session, *, at: float) -> None:
+        """Read the session at `at` (or sooner, if a read is already set for sooner)."""
+        if entry.reading is not None:
+            # A read in flight may have begun before the change that asks for this one.
+            entry.read_again = True
+            return
+        if entry.read_timer is not None:
+            if entry.read_at <= at:
+                return
+            entry.read_timer.cancel()
+        entry.read_at = at
+        entry.read_timer = asyncio.get_running_loop().call_at(at, self._start_read, entry)
+
+    def _start_read(self, entry: _Session) -> None:
+        entry.read_timer = None
+        entry.reading = self._spawn(self._read_now(entry))
+
+    async def _read_now(self, entry: _Session) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                deadline = await store.session_deadline(self.db, session_id=entry.id)
+        except Exception as error:  # noqa: BLE001 - retried with backoff and jitter
+            entry.reading = None
+            if self._sessions.get(entry.id) is not entry:
+                return
+            entry.failures += 1
+            log.info("cannot read session %s (%s); retrying", entry.id, error)
+            if loop.time() - entry.verified_at >= self.verify_for:
+                self._end(entry, UNVERIFIABLE)
+                return
+            entry.read_again = False
+            self._read(entry, at=loop.time() + _retry_delay(entry.failures))
+            return
+        entry.reading = None
+        if self._sessions.get(entry.id) is not entry:
+            return
+        entry.failures = 0
+        if entry.read_again:
+            entry.read_again = False
+            self._read(entry, at=loop.time())
+        self._verified(entry, deadline, loop.time())
+
+    def _verified(self, entry: _Session, deadline: datetime | None, now: float) -> None:
+        """What a read found: the session's deadline, or None when it is revoked or gone."""
+        entry.verified_at = now
+        entry.known = True
+        if deadline is None:
+            self._end(entry, REVOKED)
+            return
+        if deadline != entry.deadline or entry.expiry is None:
+            entry.deadline = deadline
+            self._arm_expiry(entry)
+
+    def _arm_expiry(self, entry: _Session) -> None:
+        if entry.expiry is not None:
+            entry.expiry.cancel()
+        assert entry.deadline is not None
+        delay = max(0.0, (entry.deadline - utcnow()).total_seconds())
+        entry.expiry = asyncio.get_running_loop().call_later(delay, self._expire, entry)
+
+    def _expire(self, entry: _Session) -> None:
+        entry.expiry = None
+        if self._sessions.get(entry.id) is not entry or entry.read_pending:
+            # The read under way decides (and sets the timer again).
+            return
+        if entry.deadline is not None and entry.deadline <= utcnow():
+            self._end(entry, EXPIRED)
+        else:
+            # The wall clock and the loop's clock drifted apart: look again at the deadline.
+            self._arm_expiry(entry)
+
+    def _end(self, entry: _Session, reason: str) -> None:
+        """The session ended: tell each of its sockets, once."""
+        sockets = entry.sockets
+        entry.sockets = set()
+        self._forget(entry)
+        for on_end in sockets:
+            try:
+                on_end(reason)
+            except Exception:  # one socket's failure must not keep the others open
+                log.exception("closing a socket of session %s failed", entry.id)
+
+    def _forget(self, entry: _Session) -> None:
+        if self._sessions.get(entry.id) is entry:
+            del self._sessions[entry.id]
+        for timer in (entry.read_timer, entry.expiry):
+            if timer is not None:
+                timer.cancel()
+        entry.read_timer = entry.expiry = None
+        # A read in flight finds the session gone and does nothing more.
+        subscription, entry.subscription = entry.subscription, None
+        if subscription is not None and not self._closed:
+            self._spawn(self.pubsub.leave(subscription))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
+        self._work.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._work.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session registry work failed", exc_info=task.exception())
 
     async def run(self) -> None:
-        """Verify every watched session each interval, until cancelled."""
+        """Read every session with sockets each interval, until cancelled."""
         loop = asyncio.get_running_loop()
         failures = 0
         while True:
             delay = self.interval if not failures else min(self.interval, _retry_delay(failures))
             await asyncio.sleep(delay * random.uniform(0.8, 1.0))  # noqa: S311 - not crypto
-            ids = list(self._watched)
+            ids = list(self._sessions)
             try:
                 deadlines: dict[uuid.UUID, datetime] = {}
                 for start in range(0, len(ids), 1000):
@@ -488,139 +677,16 @@ class SessionWatch:
                 failures += 1
                 log.warning("cannot verify the sockets' sessions (%s); retrying", error)
                 now = loop.time()
-                for same in list(self._watched.values()):
-                    for watched in list(same):
-                        watched.doubt(now, self.verify_for)
+                for entry in list(self._sessions.values()):
+                    if now - entry.verified_at >= self.verify_for:
+                        self._end(entry, UNVERIFIABLE)
                 continue
             failures = 0
             now = loop.time()
             for session_id in ids:
-                for watched in list(self._watched.get(session_id, ())):
-                    watched.verified(deadlines.get(session_id), now)
-
-
-class _Watcher:
-    """What one socket knows of its session, and when it must look again."""
-
-    def __init__(
-        self, *, db: Database, session_id: uuid.UUID, watch: SessionWatch | None, verify_for: float
-    ) -> None:
-        self.db = db
-        self.loop = asyncio.get_running_loop()
-        self.watched = _Watched(session_id, verified_at=self.loop.time())
-        self.watch = watch
-        self.verify_for = verify_for
-        # Read first thing (after subscribing, so a sign-out in between is not missed).
-        self.read_at: float | None = self.loop.time()
-        self.failures = 0
-        self.known = False
-
-    @property
-    def doubted(self) -> bool:
-        # With a SessionWatch the session is verified all the time; without one, only while
-        # a read is pending.
-        return self.read_at is not None or self.watch is not None
-
-    async def read_if_due(self) -> None:
-        if self.read_at is None or self.loop.time() < self.read_at:
-            return
-        try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                deadline = await store.session_deadline(self.db, session_id=self.watched.session_id)
-        except Exception as error:  # noqa: BLE001 - retried with backoff and jitter
-            self.failures += 1
-            self.read_at = self.loop.time() + _retry_delay(self.failures)
-            log.info("cannot read session %s (%s); retrying", self.watched.session_id, error)
-            return
-        self.watched.verified(deadline, self.loop.time())
-        self.failures, self.read_at = 0, None
-
-    def verdict(self) -> str | None:
-        """Why the socket must close now, if it must."""
-        if self.watched.changed.is_set():
-            self.watched.changed.clear()
-            self.known = True
-        if self.known and self.watched.deadline is None:
-            return "revoked"
-        if self.doubted and self.loop.time() - self.watched.verified_at >= self.verify_for:
-            return UNVERIFIABLE
-        deadline = self.watched.deadline
-        if self.read_at is None and deadline is not None and deadline <= utcnow():
-            return "expired"
-        return None
-
-    def wait(self) -> float | None:
-        """How long to wait for a signal before looking again (None: as long as it takes)."""
-        waits = []
-        if self.doubted and self.watch is None:
-            # (With a SessionWatch, the watch wakes this watcher when verification lapses.)
-            waits.append(self.watched.verified_at + self.verify_for - self.loop.time())
-        if self.read_at is not None:
-            waits.append(self.read_at - self.loop.time())
-        elif self.watched.deadline is not None:
-            waits.append((self.watched.deadline - utcnow()).total_seconds())
-        return max(0.0, min(waits)) if waits else None
-
-    def heard(self, signal: object) -> str | None:
-        """Take a signal of the session's channel; the verdict it gives, if any."""
-        if signal is _ENDED:
-            return "closed"
-        if signal == SESSION_REVOKED:
-            return "revoked"
-        if signal == SESSION_REFRESHED:
-            self.read_at = self.loop.time()
-        elif signal is RESYNC:
-            # Every socket of the process hears this at once: spread the reads.
-            spread = self.loop.time() + random.uniform(0, RESYNC_SPREAD)  # noqa: S311
-            self.read_at = spread if self.read_at is None else min(self.read_at, spread)
-        return None
-
-
-async def wait_for_session_end(
-    *,
-    db: Database,
-    pubsub: PubSub,
-    session_id: uuid.UUID,
-    watch: SessionWatch | None = None,
-    verify_for: float = 30.0,
-) -> str:
-    """Return "revoked", "expired" or "unverifiable" once the session ends or can no longer
-    be verified ("closed" when pub/sub went away first). A refresh moves the deadline."""
-    watcher = _Watcher(db=db, session_id=session_id, watch=watch, verify_for=verify_for)
-    async with pubsub.subscribe(session_channel(session_id)) as signals:
-        events = aiter(signals)
-        signal: asyncio.Future[Any] | None = None
-        changed: asyncio.Future[Any] | None = None
-        if watch is not None:
-            watch.add(watcher.watched)
-        try:
-            while True:
-                await watcher.read_if_due()
-                verdict = watcher.verdict()
-                if verdict is not None:
-                    return verdict
-                signal = signal or asyncio.ensure_future(anext(events, _ENDED))
-                changed = changed or asyncio.ensure_future(watcher.watched.changed.wait())
-                waiting: set[asyncio.Future[Any]] = {signal, changed}
-                done, _ = await asyncio.wait(
-                    waiting, timeout=watcher.wait(), return_when=asyncio.FIRST_COMPLETED
-                )
-                if changed in done:
-                    changed = None
-                if signal in done:
-                    verdict = watcher.heard(signal.result())
-                    signal = None
-                    if verdict is not None:
-                        return verdict
-        finally:
-            if watch is not None:
-                watch.discard(watcher.watched)
-            for task in (signal, changed):
-                if task is not None:
-                    task.cancel()
-
-
-_ENDED = object()
+                found = self._sessions.get(session_id)
+                if found is not None:
+                    self._verified(found, deadlines.get(session_id), now)
 
 
 async def purge_ended_sessions(*, db: Database, pubsub: PubSub | None = None) -> int:
