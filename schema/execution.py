@@ -48,10 +48,13 @@ from graphql.execution.collect_fields import FieldDetailsList
 from graphql.pyutils import Path, gather_with_cancel
 from graphql.type.definition import GraphQLResolveInfoHelpers
 from strawberry.execution.is_awaitable import optimized_is_awaitable
+from strawberry.scalars import ID
 from strawberry.schema.schema import (
     StrawberryGraphQLCoreExecutionContext,
     _OperationContextAwareGraphQLResolveInfo,
 )
+from strawberry.types.base import StrawberryMaybe, StrawberryOptional
+from strawberry.types.field import StrawberryField
 
 _DEFINITION = "strawberry-definition"
 
@@ -375,6 +378,56 @@ def _only_field(document: DocumentNode, operation: OperationDefinitionNode) -> F
     return node
 
 
+# Argument types strawberry passes to a resolver as graphql-core coerced them.
+_PLAIN_ARGUMENTS = (str, int, float, bool, ID)
+
+
+def _direct(field: GraphQLField, schema: GraphQLSchema) -> Callable[..., Any] | None:
+    """The root field's resolver without strawberry's per-call wrapper, when that wrapper would
+    only rename arguments and build the Info: a resolver with no field extensions or
+    permission classes, no exception handlers in the schema, and only scalar arguments (or
+    optional ones). Calls it exactly as strawberry does (its get_arguments and get_result)."""
+    definition = field.extensions.get(_DEFINITION) if field.extensions else None
+    strawberry_schema = getattr(schema, "_strawberry_schema", None)
+    resolver = getattr(definition, "base_resolver", None)
+    if (
+        not isinstance(definition, StrawberryField)
+        or resolver is None
+        or strawberry_schema is None
+        or definition.extensions
+        or definition.permission_classes
+        or getattr(strawberry_schema.schema_converter, "_exception_handler_specs", True)
+        or definition.is_subscription
+    ):
+        return None
+    config = strawberry_schema.config
+    names: list[tuple[str, str]] = []
+    for argument in definition.arguments:
+        type_ = argument.type
+        if isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe):
+            type_ = type_.of_type
+        if type_ not in _PLAIN_ARGUMENTS or argument.python_name is None:
+            return None
+        names.append((config.name_converter.from_argument(argument), argument.python_name))
+    function = resolver.wrapped_func
+    if not callable(function):
+        return None
+    info_class = config.info_class
+    takes_self = resolver.self_parameter is not None
+    info_name = resolver.info_parameter.name if resolver.info_parameter else None
+    sources = [p.name for p in (resolver.parent_parameter, resolver.root_parameter) if p]
+
+    def resolve(source: Any, info: GraphQLResolveInfo[Any], **args: Any) -> Any:
+        kwargs = {python: args[name] for name, python in names if name in args}
+        for name in sources:
+            kwargs[name] = source
+        if info_name is not None:
+            kwargs[info_name] = info_class(_raw_info=info, _field=definition)
+        return function(source, **kwargs) if takes_self else function(**kwargs)
+
+    return resolve
+
+
 def root_field(
     plans: Plans | None,
     schema: GraphQLSchema,
@@ -396,7 +449,8 @@ def root_field(
         return None
     key = node.alias.value if node.alias else node.name.value
     path = Path(None, key, parent_type.name)
-    return RootField(operation, parent_type, field, field.resolve, node, key, path, spec)
+    resolve = _direct(field, schema) or field.resolve
+    return RootField(operation, parent_type, field, resolve, node, key, path, spec)
 
 
 class _Replay:

@@ -15,6 +15,7 @@ from schema.errors import format_errors
 from schema.execution import (
     Plans,
     RootField,
+    _direct,
     execute_plainly,
     execute_root_field,
     root_field,
@@ -169,8 +170,33 @@ class Query:
         return Thing(name="later", size=2)
 
 
+@strawberry.input
+class Size:
+    value: int
+
+
+@strawberry.type
+class Echo:
+    text: str | None
+    times: int
+    viewer: str
+
+
 @strawberry.type
 class Mutation:
+    @strawberry.mutation
+    def echo(
+        self, info: strawberry.Info, some_text: str | None = strawberry.UNSET, times: int = 2
+    ) -> Echo:
+        calls.append("echo")
+        text = None if some_text is strawberry.UNSET else some_text
+        return Echo(text=text, times=times, viewer=info.field_name)
+
+    @strawberry.mutation
+    def resize(self, size: Size) -> Thing:
+        calls.append("resize")
+        return Thing(name="resized", size=size.value)
+
     @strawberry.mutation
     def touch(self, size: int) -> Thing:
         calls.append("touch")
@@ -192,6 +218,10 @@ SMALL_DOCUMENTS: list[tuple[str, dict[str, Any] | None]] = [
     ("mutation ($s: Int!) { touch(size: $s) { size } }", {"s": -1}),
     ("mutation ($s: Int!) { touch(size: $s) { size } }", {"s": "three"}),
     ("mutation ($s: Int!) { touch(size: $s) { size } }", {}),
+    ("mutation { echo { text times viewer } }", None),
+    ("mutation ($t: String) { echo(someText: $t, times: 3) { text times } }", {"t": "hi"}),
+    ("mutation ($t: String) { echo(someText: $t) { text } }", {"t": None}),
+    ("mutation { resize(size: {value: 4}) { name size } }", None),
 ]
 
 
@@ -239,3 +269,10 @@ def test_anything_else_is_left_to_the_executor(source: str) -> None:
     operation = document.definitions[0]
     assert isinstance(operation, OperationDefinitionNode)
     assert root_field(Plans(), SMALL, document, operation) is None
+
+
+def test_strawberrys_resolver_wrapper_is_skipped_only_for_scalar_arguments() -> None:
+    mutations = SMALL.mutation_type
+    assert mutations is not None
+    assert _direct(mutations.fields["echo"], SMALL) is not None
+    assert _direct(mutations.fields["resize"], SMALL) is None  # an input object to build
