@@ -30,6 +30,7 @@ from graphql import (
     DocumentNode,
     ExecutionResult,
     FieldNode,
+    GraphQLError,
     GraphQLField,
     GraphQLList,
     GraphQLNonNull,
@@ -45,8 +46,14 @@ from graphql import (
     get_variable_values,
 )
 from graphql.execution.collect_fields import FieldDetailsList
-from graphql.pyutils import Path, gather_with_cancel
-from graphql.type.definition import GraphQLResolveInfoHelpers
+from graphql.execution.get_variable_signature import (
+    GraphQLVariableSignature,
+    get_variable_signature,
+)
+from graphql.execution.values import VariableValues, VariableValueSource
+from graphql.pyutils import Path, Undefined, gather_with_cancel
+from graphql.type.definition import GraphQLResolveInfoHelpers, is_leaf_type
+from graphql.utilities.coerce_input_value import coerce_input_value
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.scalars import ID
 from strawberry.schema.schema import (
@@ -337,6 +344,33 @@ class RootField:
     key: str
     path: Path
     spec: _Spec
+    # Each variable's (name, signature, whether it must be given, whether it is a leaf), or
+    # None when a variable has a default or an invalid type: graphql-core coerces those.
+    variables: tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None
+
+    def coerce(self, inputs: dict[str, Any]) -> VariableValues | None:
+        """The variables as graphql-core's get_variable_values coerces them, with the
+        signatures worked out once; None for anything but plain success (graphql-core then
+        coerces them again and reports the errors)."""
+        if self.variables is None:
+            return None
+        sources: dict[str, VariableValueSource] = {}
+        coerced: dict[str, Any] = {}
+        for name, signature, required, leaf in self.variables:
+            value = inputs.get(name, Undefined)
+            if value is Undefined:
+                if required:
+                    return None
+                sources[name] = VariableValueSource(signature)
+                continue
+            if not leaf:
+                return None  # lists and input objects: graphql-core bounds their nesting
+            sources[name] = VariableValueSource(signature, value)
+            result = coerce_input_value(value, signature.type)
+            if result is Undefined:
+                return None
+            coerced[name] = result
+        return VariableValues(sources, coerced)
 
     def info(self, schema: GraphQLSchema, variables: Any, context: Any) -> GraphQLResolveInfo[Any]:
         """The resolve info strawberry's executor would build for this field."""
@@ -450,7 +484,23 @@ def root_field(
     key = node.alias.value if node.alias else node.name.value
     path = Path(None, key, parent_type.name)
     resolve = _direct(field, schema) or field.resolve
-    return RootField(operation, parent_type, field, resolve, node, key, path, spec)
+    variables = _variables(schema, operation)
+    return RootField(operation, parent_type, field, resolve, node, key, path, spec, variables)
+
+
+def _variables(
+    schema: GraphQLSchema, operation: OperationDefinitionNode
+) -> tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None:
+    variables = []
+    for definition in operation.variable_definitions or ():
+        signature = get_variable_signature(schema, definition)
+        if isinstance(signature, GraphQLError) or definition.default_value is not None:
+            return None
+        type_ = signature.type
+        required = isinstance(type_, GraphQLNonNull)
+        leaf = is_leaf_type(type_.of_type if isinstance(type_, GraphQLNonNull) else type_)
+        variables.append((signature.name, signature, required, leaf))
+    return tuple(variables)
 
 
 class _Replay:
@@ -506,14 +556,17 @@ async def execute_root_field(
 ) -> ExecutionResult:
     """The result graphql-core would give for this operation, built without its executor
     when nothing goes wrong."""
-    coerced = get_variable_values(
-        schema,
-        root.operation.variable_definitions or (),
-        variables or {},
-        max_errors=_MAX_COERCION_ERRORS,
-    )
-    if isinstance(coerced, list):
-        return ExecutionResult(None, coerced)
+    coerced = root.coerce(variables or {})
+    if coerced is None:
+        checked = get_variable_values(
+            schema,
+            root.operation.variable_definitions or (),
+            variables or {},
+            max_errors=_MAX_COERCION_ERRORS,
+        )
+        if isinstance(checked, list):
+            return ExecutionResult(None, checked)
+        coerced = checked
 
     def slowly(replay: _Replay | None = None) -> Awaitable[ExecutionResult]:
         return execute_plainly(
