@@ -34,6 +34,9 @@ class MessageView:
 
     def to_json(self) -> str:
         """The pub/sub payload: everything a subscriber needs, so delivery reads no database."""
+        return _Payload(self._encode(), self)
+
+    def _encode(self) -> str:
         return orjson.dumps(
             {
                 "id": self.id,
@@ -54,6 +57,8 @@ class MessageView:
     @classmethod
     def from_json(cls, text: str) -> MessageView:
         """Parse a pub/sub payload."""
+        if isinstance(text, _Payload):
+            return text.message
         raw: dict[str, Any] = orjson.loads(text)
         sender_id, sender_name, sender_created = raw["sender"]
         return cls(
@@ -70,6 +75,20 @@ class MessageView:
             created_at=datetime.fromisoformat(raw["at"]),
             client_message_id=raw["cmid"],
         )
+
+
+class _Payload(str):
+    """A payload that still holds the view it was encoded from. In-process pub/sub hands the
+    same object to the subscriber, which then takes the view instead of parsing the text again
+    (two UUIDs and two timestamps per message); through Redis it is plain text. (orjson refuses
+    str subclasses: whatever else reads a payload parses str(payload).)"""
+
+    message: MessageView
+
+    def __new__(cls, text: str, message: MessageView) -> _Payload:
+        payload = super().__new__(cls, text)
+        payload.message = message
+        return payload
 
 
 @dataclass(frozen=True, slots=True)
