@@ -85,23 +85,6 @@ class Plans:
     def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._plans: OrderedDict[tuple[Any, ...], tuple[Any, Plan | None]] = OrderedDict()
-        # Operations run as a RootField (or None: not one), by the operation node's id.
-        self._roots: OrderedDict[int, tuple[OperationDefinitionNode, RootField | None]] = (
-            OrderedDict()
-        )
-
-    def root_field(
-        self, schema: GraphQLSchema, document: DocumentNode, operation: OperationDefinitionNode
-    ) -> RootField | None:
-        """The operation as a RootField, or None when the executor must run it (cached)."""
-        entry = self._roots.get(id(operation))
-        if entry is not None and entry[0] is operation:
-            return entry[1]
-        root = root_field(self, schema, document, operation)
-        self._roots[id(operation)] = (operation, root)
-        if len(self._roots) > self.size:
-            self._roots.popitem(last=False)
-        return root
 
     def get(self, key: tuple[Any, ...]) -> tuple[Any, Plan | None] | None:
         return self._plans.get(key)

@@ -31,7 +31,7 @@ from api.state import AppState
 from schema.context import Context
 from schema.documents import is_subscription
 from schema.errors import INTERNAL_MESSAGE, format_errors
-from schema.execution import execute_plainly, execute_root_field
+from schema.execution import execute_plainly, execute_root_field, root_field
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ GRAPHQL_RESPONSE_JSON = b"application/graphql-response+json"
 APPLICATION_JSON = b"application/json"
 JSON_MEDIA_TYPES = (APPLICATION_JSON, GRAPHQL_RESPONSE_JSON)
 
+
+# An operation not looked at yet (None in the cache means: not a RootField).
+_UNKNOWN: Any = object()
 
 # JSON nested deeper than this is refused: no GraphQL request needs it, and walking it
 # (variable coercion, error formatting) would recurse as deep.
@@ -277,7 +280,12 @@ class GraphQLHTTPEndpoint:
         )
         document = prepared.document
         assert document is not None
-        root = state.plans.root_field(documents.schema, document, operation)
+        roots = prepared.roots
+        root = roots.get(id(operation), _UNKNOWN)
+        if root is _UNKNOWN:
+            root = roots[id(operation)] = root_field(
+                state.plans, documents.schema, document, operation
+            )
         if root is not None:
             result = await execute_root_field(
                 root,

@@ -11,6 +11,7 @@ import pytest
 import strawberry
 from graphql import GraphQLError, OperationDefinitionNode, get_variable_values, parse
 
+import schema.http
 from schema.errors import format_errors
 from schema.execution import (
     Plans,
@@ -107,30 +108,32 @@ async def test_every_outcome_is_the_same_with_and_without_the_executor(
         (alice, DIRECT_ROOM, {"with": bob_name}),
         (alice, DIRECT_ROOM, {"with": alice.user["name"] if alice.user else ""}),
     ]
-    plans: Plans = server.app.state.chat.plans
     taken: list[RootField] = []
-    planned = plans.root_field
 
-    def spy(*args: Any) -> RootField | None:
-        root = planned(*args)
-        if root is not None:
-            taken.append(root)
-        return root
+    async def spy(root: RootField, *args: Any, **kwargs: Any) -> Any:
+        taken.append(root)
+        return await execute_root_field(root, *args, **kwargs)
+
+    async def executor_only(root: RootField, *args: Any, **kwargs: Any) -> Any:
+        return await execute_plainly(*args, **kwargs)
 
     for accept in (None, MODERN):
         fast = []
-        monkeypatch.setattr(plans, "root_field", spy)
+        monkeypatch.setattr(schema.http, "execute_root_field", spy)
         for client, query, variables in cases:
             fast.append(await _post(client, query, variables, accept))
         assert len(taken) == len(cases)
         taken.clear()
         slow = []
-        monkeypatch.setattr(plans, "root_field", lambda *args: None)
+        monkeypatch.setattr(schema.http, "execute_root_field", executor_only)
         for client, query, variables in cases:
             slow.append(await _post(client, query, variables, accept))
         monkeypatch.undo()
         for (_, query, variables), one, other in zip(cases, fast, slow, strict=True):
             assert one == other, (query, variables)
+    # What an operation is gets worked out once, and lives with the cached document.
+    prepared = server.app.state.chat.documents.prepare(SEND)
+    assert [type(root) for root in prepared.roots.values()] == [RootField]
     codes = {error["extensions"]["code"] for _, _, body in fast for error in body.get("errors", [])}
     assert codes == {
         "UNAUTHENTICATED",
