@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import (
@@ -37,6 +37,9 @@ class Prepared:
     document: DocumentNode | None
     errors: list[GraphQLError] | None
     size: int
+    # What schema.execution found each operation to be (a RootField, or None: not one), by
+    # the operation node's id; kept here so it lives exactly as long as the cached document.
+    roots: dict[int, Any] = field(default_factory=dict, compare=False)
 
     def operation(self, name: str | None) -> OperationDefinitionNode | None:
         """The operation to run: the one named, or the only one."""

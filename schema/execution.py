@@ -8,18 +8,30 @@ type is compiled once into a plan (response key, attribute, how to serialize, su
 applied directly. Anything else (a field with a resolver or arguments, an abstract type, a
 directive, a null where the schema forbids one, a value a scalar refuses) takes graphql-core's
 path unchanged, which also produces the errors.
+
+A query or mutation of one plain root field (sendMessage, say) can skip graphql-core's executor
+altogether (`RootField`): building an executor, collecting fields, the serial reducer and the
+awaitable completion cost more than the resolver's own Python work. Variables and arguments
+are still coerced by graphql-core's functions, the resolver is strawberry's, and anything that
+is not the plain outcome (a resolver error, a value the plan refuses) is handed back to
+graphql-core's executor with the root field's outcome replayed, so errors come out exactly as
+graphql-core makes them and a mutation never runs twice.
 """
 
 from __future__ import annotations
 
 import keyword
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from graphql import (
+    DocumentNode,
+    ExecutionResult,
     FieldNode,
+    GraphQLError,
+    GraphQLField,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
@@ -28,10 +40,28 @@ from graphql import (
     GraphQLScalarType,
     GraphQLSchema,
     OperationDefinitionNode,
+    OperationType,
+    execute,
+    get_argument_values,
+    get_variable_values,
 )
 from graphql.execution.collect_fields import FieldDetailsList
-from graphql.pyutils import Path
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from graphql.execution.get_variable_signature import (
+    GraphQLVariableSignature,
+    get_variable_signature,
+)
+from graphql.execution.values import VariableValues, VariableValueSource
+from graphql.pyutils import Path, Undefined, gather_with_cancel
+from graphql.type.definition import GraphQLResolveInfoHelpers, is_leaf_type
+from graphql.utilities.coerce_input_value import coerce_input_value
+from strawberry.execution.is_awaitable import optimized_is_awaitable
+from strawberry.scalars import ID
+from strawberry.schema.schema import (
+    StrawberryGraphQLCoreExecutionContext,
+    _OperationContextAwareGraphQLResolveInfo,
+)
+from strawberry.types.base import StrawberryMaybe, StrawberryOptional
+from strawberry.types.field import StrawberryField
 
 _DEFINITION = "strawberry-definition"
 
@@ -265,3 +295,288 @@ class PlainExecutor(StrawberryGraphQLCoreExecutionContext):
         return super().complete_object_value(
             return_type, field_details_list, info, path, result, position_context
         )
+
+
+# graphql-core's defaults for execute(), which the endpoint's executor runs with.
+_MAX_COERCION_ERRORS = 50
+
+
+def _track(values: Sequence[Any]) -> None:
+    # graphql-core tracks such work only for its async_work_finished hook, which no caller of
+    # this module sets; no resolver of this schema uses the helpers either.
+    return None
+
+
+def _gather(values: Sequence[Awaitable[Any]]) -> Awaitable[list[Any]]:
+    return gather_with_cancel(*values)
+
+
+_HELPERS = GraphQLResolveInfoHelpers(gather=_gather, track=_track)
+
+
+@dataclass(frozen=True, slots=True)
+class RootField:
+    """A query or mutation whose only selection is one root field with a resolver, without
+    directives or fragments, returning an object type whose selection has a plan."""
+
+    operation: OperationDefinitionNode
+    parent_type: GraphQLObjectType
+    field: GraphQLField
+    resolve: Callable[..., Any]
+    node: FieldNode
+    key: str
+    path: Path
+    spec: _Spec
+    # Each variable's (name, signature, whether it must be given, whether it is a leaf), or
+    # None when a variable has a default or an invalid type: graphql-core coerces those.
+    variables: tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None
+
+    def coerce(self, inputs: dict[str, Any]) -> VariableValues | None:
+        """The variables as graphql-core's get_variable_values coerces them, with the
+        signatures worked out once; None for anything but plain success (graphql-core then
+        coerces them again and reports the errors)."""
+        if self.variables is None:
+            return None
+        sources: dict[str, VariableValueSource] = {}
+        coerced: dict[str, Any] = {}
+        for name, signature, required, leaf in self.variables:
+            value = inputs.get(name, Undefined)
+            if value is Undefined:
+                if required:
+                    return None
+                sources[name] = VariableValueSource(signature)
+                continue
+            if not leaf:
+                return None  # lists and input objects: graphql-core bounds their nesting
+            sources[name] = VariableValueSource(signature, value)
+            result = coerce_input_value(value, signature.type)
+            if result is Undefined:
+                return None
+            coerced[name] = result
+        return VariableValues(sources, coerced)
+
+    def info(self, schema: GraphQLSchema, variables: Any, context: Any) -> GraphQLResolveInfo[Any]:
+        """The resolve info strawberry's executor would build for this field."""
+        info: Any = _OperationContextAwareGraphQLResolveInfo(
+            self.node.name.value,
+            [self.node],
+            self.field.type,
+            self.parent_type,
+            self.path,
+            schema,
+            {},
+            None,
+            self.operation,
+            variables.coerced,
+            context,
+            optimized_is_awaitable,
+            None,
+            _HELPERS,
+            # operation_extensions: none over HTTP, as in strawberry's executor.
+            None,  # type: ignore[arg-type]
+        )
+        return info  # type: ignore[no-any-return]
+
+
+def _only_field(document: DocumentNode, operation: OperationDefinitionNode) -> FieldNode | None:
+    """The operation's one root field, if it is a query or mutation of exactly that: no
+    directives (@disableErrorPropagation ...), fragments, other operations or meta fields."""
+    selections = operation.selection_set.selections
+    if (
+        operation.operation not in (OperationType.QUERY, OperationType.MUTATION)
+        or operation.directives
+        or len(document.definitions) != 1
+        or len(selections) != 1
+    ):
+        return None
+    (node,) = selections
+    if not isinstance(node, FieldNode) or node.directives or node.name.value.startswith("__"):
+        return None
+    return node
+
+
+# Argument types strawberry passes to a resolver as graphql-core coerced them.
+_PLAIN_ARGUMENTS = (str, int, float, bool, ID)
+
+
+def _direct(field: GraphQLField, schema: GraphQLSchema) -> Callable[..., Any] | None:
+    """The root field's resolver without strawberry's per-call wrapper, when that wrapper would
+    only rename arguments and build the Info: a resolver with no field extensions or
+    permission classes, no exception handlers in the schema, and only scalar arguments (or
+    optional ones). Calls it exactly as strawberry does (its get_arguments and get_result)."""
+    definition = field.extensions.get(_DEFINITION) if field.extensions else None
+    strawberry_schema = getattr(schema, "_strawberry_schema", None)
+    resolver = getattr(definition, "base_resolver", None)
+    if (
+        not isinstance(definition, StrawberryField)
+        or resolver is None
+        or strawberry_schema is None
+        or definition.extensions
+        or definition.permission_classes
+        or getattr(strawberry_schema.schema_converter, "_exception_handler_specs", True)
+        or definition.is_subscription
+    ):
+        return None
+    config = strawberry_schema.config
+    names: list[tuple[str, str]] = []
+    for argument in definition.arguments:
+        type_ = argument.type
+        if isinstance(type_, StrawberryOptional) and not isinstance(type_, StrawberryMaybe):
+            type_ = type_.of_type
+        if type_ not in _PLAIN_ARGUMENTS or argument.python_name is None:
+            return None
+        names.append((config.name_converter.from_argument(argument), argument.python_name))
+    function = resolver.wrapped_func
+    if not callable(function):
+        return None
+    info_class = config.info_class
+    takes_self = resolver.self_parameter is not None
+    info_name = resolver.info_parameter.name if resolver.info_parameter else None
+    sources = [p.name for p in (resolver.parent_parameter, resolver.root_parameter) if p]
+
+    def resolve(source: Any, info: GraphQLResolveInfo[Any], **args: Any) -> Any:
+        kwargs = {python: args[name] for name, python in names if name in args}
+        for name in sources:
+            kwargs[name] = source
+        if info_name is not None:
+            kwargs[info_name] = info_class(_raw_info=info, _field=definition)
+        return function(source, **kwargs) if takes_self else function(**kwargs)
+
+    return resolve
+
+
+def root_field(
+    plans: Plans | None,
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation: OperationDefinitionNode,
+) -> RootField | None:
+    """The operation as a RootField, or None when graphql-core's executor must run it."""
+    node = _only_field(document, operation)
+    parent_type = schema.get_root_type(operation.operation)
+    if node is None or parent_type is None:
+        return None
+    field = parent_type.fields.get(node.name.value)
+    if field is None or field.resolve is None:
+        return None
+    type_ = field.type.of_type if isinstance(field.type, GraphQLNonNull) else field.type
+    # Scalars, lists and abstract types: graphql-core completes them.
+    spec = _value_plan(field.type, [node], plans) if isinstance(type_, GraphQLObjectType) else None
+    if spec is None:
+        return None
+    key = node.alias.value if node.alias else node.name.value
+    path = Path(None, key, parent_type.name)
+    resolve = _direct(field, schema) or field.resolve
+    variables = _variables(schema, operation)
+    return RootField(operation, parent_type, field, resolve, node, key, path, spec, variables)
+
+
+def _variables(
+    schema: GraphQLSchema, operation: OperationDefinitionNode
+) -> tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None:
+    variables = []
+    for definition in operation.variable_definitions or ():
+        signature = get_variable_signature(schema, definition)
+        if isinstance(signature, GraphQLError) or definition.default_value is not None:
+            return None
+        type_ = signature.type
+        required = isinstance(type_, GraphQLNonNull)
+        leaf = is_leaf_type(type_.of_type if isinstance(type_, GraphQLNonNull) else type_)
+        variables.append((signature.name, signature, required, leaf))
+    return tuple(variables)
+
+
+class _Replay:
+    """graphql-core middleware: the root field's outcome as the fast path already got it (the
+    resolver must not run twice), every other field as usual."""
+
+    def __init__(self, value: Any = None, error: Exception | None = None) -> None:
+        self.value = value
+        self.error = error
+
+    def resolve(self, next_: Any, source: Any, info: GraphQLResolveInfo[Any], **args: Any) -> Any:
+        if info.path.prev is not None:
+            return next_(source, info, **args)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+async def execute_plainly(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    *,
+    context: Any,
+    variables: dict[str, Any] | None,
+    operation_name: str | None,
+    middleware: list[Any] | None = None,
+) -> ExecutionResult:
+    """graphql-core's execution with strawberry's executor and the compiled plans."""
+    result = execute(
+        schema,
+        document,
+        context_value=context,
+        variable_values=variables,
+        operation_name=operation_name,
+        executor_class=PlainExecutor,
+        is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+        middleware=middleware,
+    )
+    if optimized_is_awaitable(result):
+        result = await result  # type: ignore[misc]
+    assert isinstance(result, ExecutionResult)
+    return result
+
+
+async def execute_root_field(
+    root: RootField,
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    *,
+    context: Any,
+    variables: dict[str, Any] | None,
+    operation_name: str | None,
+) -> ExecutionResult:
+    """The result graphql-core would give for this operation, built without its executor
+    when nothing goes wrong."""
+    coerced = root.coerce(variables or {})
+    if coerced is None:
+        checked = get_variable_values(
+            schema,
+            root.operation.variable_definitions or (),
+            variables or {},
+            max_errors=_MAX_COERCION_ERRORS,
+        )
+        if isinstance(checked, list):
+            return ExecutionResult(None, checked)
+        coerced = checked
+
+    def slowly(replay: _Replay | None = None) -> Awaitable[ExecutionResult]:
+        return execute_plainly(
+            schema,
+            document,
+            context=context,
+            variables=variables,
+            operation_name=operation_name,
+            middleware=[replay] if replay is not None else None,
+        )
+
+    field = root.field
+    try:
+        args = (
+            get_argument_values(field, root.node, coerced)
+            if field.args or root.node.arguments
+            else {}
+        )
+    except Exception:  # noqa: BLE001 - graphql-core reports it, and nothing has run yet
+        return await slowly()
+    try:
+        value = root.resolve(None, root.info(schema, coerced, context), **args)
+        if optimized_is_awaitable(value):
+            value = await value
+    except Exception as error:  # noqa: BLE001 - graphql-core locates and reports it
+        return await slowly(_Replay(error=error))
+    try:
+        return ExecutionResult({root.key: _apply(root.spec, value)}, None)
+    except Exception:  # noqa: BLE001 - not plain after all (or a scalar refused it)
+        return await slowly(_Replay(value=value))

@@ -4,7 +4,8 @@ strawberry's HTTP view costs about 0.4 ms of CPU per request on its own (request
 content negotiation for features this API does not offer, an extension pipeline of async
 context managers), more than the whole budget of a send. This endpoint does the same work
 directly: read the JSON body, take the prepared document from the cache, execute it with
-graphql-core on strawberry's schema (strawberry's resolvers and types are unchanged), format
+graphql-core on strawberry's schema (strawberry's resolvers and types are unchanged; an
+operation of one plain root field runs without graphql-core's executor, schema.execution), format
 errors in the one place they are formatted (schema.errors) and answer with orjson.
 WebSockets and the GraphiQL page stay with strawberry's view (schema.view).
 
@@ -21,18 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from graphql import ExecutionResult, GraphQLError, execute
+from graphql import ExecutionResult, GraphQLError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
-from strawberry.execution.is_awaitable import optimized_is_awaitable
-from strawberry.utils.await_maybe import await_maybe
 
 from api.state import AppState
 from schema.context import Context
 from schema.documents import is_subscription
 from schema.errors import INTERNAL_MESSAGE, format_errors
-from schema.execution import PlainExecutor
+from schema.execution import execute_plainly, execute_root_field, root_field
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,9 @@ GRAPHQL_RESPONSE_JSON = b"application/graphql-response+json"
 APPLICATION_JSON = b"application/json"
 JSON_MEDIA_TYPES = (APPLICATION_JSON, GRAPHQL_RESPONSE_JSON)
 
+
+# An operation not looked at yet (None in the cache means: not a RootField).
+_UNKNOWN: Any = object()
 
 # JSON nested deeper than this is refused: no GraphQL request needs it, and walking it
 # (variable coercion, error formatting) would recurse as deep.
@@ -276,19 +278,31 @@ class GraphQLHTTPEndpoint:
             state=state,
             http_credential=_credential(head, state.settings.cookie_name),
         )
-        assert prepared.document is not None
-        result = await await_maybe(
-            execute(
-                documents.schema,
-                prepared.document,
-                context_value=context,
-                variable_values=variables,
-                operation_name=operation_name,
-                executor_class=PlainExecutor,
-                is_awaitable=optimized_is_awaitable,  # type: ignore[arg-type]
+        document = prepared.document
+        assert document is not None
+        roots = prepared.roots
+        root = roots.get(id(operation), _UNKNOWN)
+        if root is _UNKNOWN:
+            root = roots[id(operation)] = root_field(
+                state.plans, documents.schema, document, operation
             )
-        )
-        assert isinstance(result, ExecutionResult)
+        if root is not None:
+            result = await execute_root_field(
+                root,
+                documents.schema,
+                document,
+                context=context,
+                variables=variables,
+                operation_name=operation_name,
+            )
+        else:
+            result = await execute_plainly(
+                documents.schema,
+                document,
+                context=context,
+                variables=variables,
+                operation_name=operation_name,
+            )
         if result.errors:
             if result.data is None and all(
                 error.path is None

@@ -368,7 +368,7 @@ class Signals:
             # Signals are best effort; presence is reconciled at the next beat.
             return
         try:
-            message = orjson.loads(item)
+            message = orjson.loads(str(item))
             kind, user = message["t"], _user(message["u"])
             if kind == "p":
                 self._set_online(user, message["i"], bool(message["on"]))
@@ -450,7 +450,9 @@ class Signals:
             return
         if '"kind":"joined"' not in item and '"kind":"left"' not in item:
             return
-        message = orjson.loads(item)
+        # In-process the payload is a str subclass holding its view (api.chat.views), which
+        # orjson refuses: parse plain text.
+        message = orjson.loads(str(item))
         member_id = uuid.UUID(message["member"][0])
         if message["kind"] == "joined":
             members.add(member_id)

@@ -127,6 +127,9 @@ class EventView:
 
     def to_json(self) -> str:
         """The pub/sub payload: everything a subscriber needs, so delivery reads no database."""
+        return _Payload(self._encode(), self)
+
+    def _encode(self) -> str:
         return orjson.dumps(
             {
                 "room": str(self.room_id),
@@ -144,6 +147,8 @@ class EventView:
     @classmethod
     def from_json(cls, text: str) -> EventView:
         """Parse a pub/sub payload."""
+        if isinstance(text, _Payload):
+            return text.event
         raw: dict[str, Any] = orjson.loads(text)
         room_id = uuid.UUID(raw["room"])
         message = raw["message"]
@@ -180,6 +185,20 @@ class MemberView:
     role: str
     joined_at: datetime
     read_seq: int = 0
+
+
+class _Payload(str):
+    """A payload that still holds the view it was encoded from. In-process pub/sub hands the
+    same object to the subscriber, which then takes the view instead of parsing the text again
+    (two UUIDs and two timestamps per message); through Redis it is plain text. (orjson refuses
+    str subclasses: whatever else reads a payload parses str(payload).)"""
+
+    event: EventView
+
+    def __new__(cls, text: str, event: EventView) -> _Payload:
+        payload = super().__new__(cls, text)
+        payload.event = event
+        return payload
 
 
 @dataclass(frozen=True, slots=True)

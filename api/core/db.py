@@ -130,26 +130,37 @@ _PG_UNREACHABLE = (
 )
 
 
+_UNREACHABLE = (
+    TimeoutError,
+    SQLAlchemyTimeoutError,  # no pooled connection free in time: overloaded, retry
+    OperationalError,
+    OSError,
+    ConnectionError,
+    *_PG_UNREACHABLE,
+)
+
+
+def _unavailable(error: Exception) -> ServiceUnavailable | None:
+    """SERVICE_UNAVAILABLE for an error that says the database cannot be reached, else None."""
+    if isinstance(error, _UNREACHABLE):
+        log.warning("database unavailable: %s", error)
+        return ServiceUnavailable()
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        log.warning("database connection lost: %s", error)
+        return ServiceUnavailable()
+    return None
+
+
 @contextmanager
 def unavailable_when_unreachable() -> Iterator[None]:
     """Turn "cannot reach the database" into SERVICE_UNAVAILABLE; other errors pass."""
     try:
         yield
-    except (
-        TimeoutError,
-        SQLAlchemyTimeoutError,  # no pooled connection free in time: overloaded, retry
-        OperationalError,
-        OSError,
-        ConnectionError,
-        *_PG_UNREACHABLE,
-    ) as error:
-        log.warning("database unavailable: %s", error)
-        raise ServiceUnavailable() from error
-    except DBAPIError as error:
-        if error.connection_invalidated:
-            log.warning("database connection lost: %s", error)
-            raise ServiceUnavailable() from error
-        raise
+    except Exception as error:
+        unavailable = _unavailable(error)
+        if unavailable is None:
+            raise
+        raise unavailable from error
 
 
 class PgPool:
@@ -269,8 +280,14 @@ class PgPool:
         if self.observers:
             for observer in self.observers:
                 observer(sql, args)
-        with unavailable_when_unreachable():
-            connection = await self._acquire()
+        # unavailable_when_unreachable() inlined, and an idle connection taken without the
+        # _acquire coroutine: this runs for every hot statement.
+        try:
+            connection = self._idle.pop() if self._idle else None
+            if connection is None or connection.is_closed():
+                if connection is not None:
+                    self._opened -= 1
+                connection = await self._acquire()
             try:
                 result = await getattr(connection, method)(sql, *args)
             except BaseException as error:
@@ -278,6 +295,11 @@ class PgPool:
                 raise
             self._release(connection)
             return result
+        except Exception as error:
+            unavailable = _unavailable(error)
+            if unavailable is None:
+                raise
+            raise unavailable from error
 
     async def fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         """One row (or None) of one autocommitted statement."""
