@@ -380,7 +380,8 @@ async def explain_history(
         )
     import asyncpg
 
-    from api.chat.store import _PAGE_BACKWARD, NO_SEQ_LIMIT
+    from api.chat.store import NO_SEQ_LIMIT
+    from api.chat.store.history import _PAGE_BACKWARD
 
     conn = await asyncpg.connect(stack.asyncpg_dsn)
     try:

@@ -26,8 +26,8 @@ from sqlalchemy import delete, select, update
 from api.chat.constants import GROUP
 from api.chat.store import (
     EVENTS,
+    M_MESSAGE_COLUMNS,
     MEMBERS,
-    MESSAGE_COLUMNS,
     MESSAGES,
     REACTION_ARRAYS,
     REACTIONS,
@@ -286,7 +286,7 @@ _MESSAGE_STATE = f"""
 SELECT (SELECT role FROM room_members WHERE room_id = $1 AND user_id = $2) AS actor_role,
        ARRAY(SELECT user_id FROM room_members WHERE room_id = $1) AS member_ids,
        ARRAY(SELECT emoji FROM reactions WHERE message_id = $3 AND user_id = $2) AS mine,
-       {", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))},
+       {M_MESSAGE_COLUMNS},
        {REACTION_ARRAYS.format(m="m")}
 FROM messages m WHERE m.id = $3
 """

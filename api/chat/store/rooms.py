@@ -1,0 +1,276 @@
+"""Room lists and single rooms with their members and last message; read positions and
+unread counts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, Uuid, and_, func, literal, select, tuple_, union_all, update
+
+from api.chat.store.rows import (
+    M_MESSAGE_COLUMNS,
+    MEMBERS,
+    MESSAGE_COLUMNS,
+    MESSAGES,
+    REACTION_ARRAYS,
+    ROOMS,
+    MemberRow,
+    MessageRow,
+    RoomRow,
+    message_from_record,
+    message_from_row,
+    with_reactions,
+)
+from api.core.db import Database
+
+# --- room lists ---------------------------------------------------------------------------------
+
+# Each room with its members (parallel arrays in primary-key order, so no sort: put in the
+# order they joined here) and its newest message that is not deleted (the index on
+# (room_id, seq) read backwards, skipping tombstones).
+_ROOM_COLUMNS = f"""
+SELECT r.id AS r_id, r.kind, r.name AS r_name, r.last_seq AS r_last_seq,
+       r.created_at AS r_created_at,
+       ARRAY(SELECT user_id FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_ids,
+       ARRAY(SELECT role FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_roles,
+       ARRAY(SELECT joined_at FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_joined,
+       ARRAY(SELECT joined_seq FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_joined_seq,
+       ARRAY(SELECT read_seq FROM room_members WHERE room_id = r.id
+             ORDER BY user_id) AS member_read_seq,
+       {M_MESSAGE_COLUMNS}, {REACTION_ARRAYS.format(m="m")}
+"""
+_LAST_MESSAGE = f"""
+LEFT JOIN LATERAL (
+    SELECT {MESSAGE_COLUMNS} FROM messages
+    WHERE messages.room_id = r.id AND messages.deleted_at IS NULL
+    ORDER BY messages.seq DESC LIMIT 1
+) AS m ON true
+"""
+# The user's rooms by their own last-activity column, in the order of the index
+# (user_id, last_activity_at DESC, room_id DESC): a page reads its rows from the cursor on and
+# stops, whatever the number of rooms. The first page and the later ones are separate
+# statements, so each keeps a plan that uses the index.
+_ROOMS_SELECT = f"""
+{_ROOM_COLUMNS}, rm.last_activity_at
+FROM room_members rm
+JOIN rooms r ON r.id = rm.room_id
+{_LAST_MESSAGE}
+WHERE rm.user_id = $1 AND rm.last_activity_at IS NOT NULL
+"""
+_ROOMS_ORDER = """
+ORDER BY rm.last_activity_at DESC, rm.room_id DESC
+LIMIT $2
+"""
+ROOMS_FIRST = _ROOMS_SELECT + _ROOMS_ORDER
+ROOMS_AFTER = _ROOMS_SELECT + "  AND (rm.last_activity_at, rm.room_id) < ($3, $4)" + _ROOMS_ORDER
+_ROOM = f"""
+{_ROOM_COLUMNS}, r.last_activity_at
+FROM rooms r
+{_LAST_MESSAGE}
+WHERE r.id = $1
+"""
+
+
+def _room(record: Any) -> RoomRow:
+    return RoomRow(
+        id=record["r_id"],
+        kind=record["kind"],
+        name=record["r_name"],
+        last_seq=record["r_last_seq"],
+        created_at=record["r_created_at"],
+        last_activity_at=record["last_activity_at"],
+        members=[
+            MemberRow(user_id, role, joined, read_seq)
+            for _, joined, user_id, role, read_seq in sorted(
+                zip(
+                    record["member_joined_seq"],
+                    record["member_joined"],
+                    record["member_ids"],
+                    record["member_roles"],
+                    record["member_read_seq"],
+                    strict=True,
+                ),
+                key=lambda member: (member[0], member[1], member[2]),
+            )
+        ],
+        last_message=message_from_record(record) if record["id"] is not None else None,
+    )
+
+
+async def rooms_of(
+    db: Database,
+    *,
+    user_id: uuid.UUID,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[RoomRow]:
+    """The user's rooms with activity, most recent first (keyset on activity, id), each with
+    its members and last message."""
+    if db.pg is not None:
+        if after is None:
+            records = await db.pg.fetch(ROOMS_FIRST, user_id, limit)
+        else:
+            records = await db.pg.fetch(ROOMS_AFTER, user_id, limit, *after)
+        return [_room(r) for r in records]
+    async with db.read() as connection:
+        rooms = (await connection.execute(rooms_of_sqlite(user_id, after, limit))).all()
+        return await _sqlite_room_rows(connection, rooms, per_member=True)
+
+
+def rooms_of_sqlite(
+    user_id: uuid.UUID, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> Select[Any]:
+    """The room list's statement on SQLite (the same index order as on PostgreSQL)."""
+    query = (
+        select(ROOMS, MEMBERS.c.last_activity_at.label("member_activity"))
+        .join(MEMBERS, MEMBERS.c.room_id == ROOMS.c.id)
+        .where(MEMBERS.c.user_id == user_id, MEMBERS.c.last_activity_at.is_not(None))
+    )
+    if after is not None:
+        query = query.where(tuple_(MEMBERS.c.last_activity_at, MEMBERS.c.room_id) < after)
+    return query.order_by(MEMBERS.c.last_activity_at.desc(), MEMBERS.c.room_id.desc()).limit(limit)
+
+
+async def room(db: Database, *, room_id: uuid.UUID) -> RoomRow | None:
+    """One room with its members and last message."""
+    if db.pg is not None:
+        record = await db.pg.fetchrow(_ROOM, room_id)
+        return _room(record) if record is not None else None
+    async with db.read() as connection:
+        rooms = (await connection.execute(select(ROOMS).where(ROOMS.c.id == room_id))).all()
+        rows = await _sqlite_room_rows(connection, rooms, per_member=False)
+    return rows[0] if rows else None
+
+
+async def _sqlite_room_rows(
+    connection: Any, rooms: Sequence[Any], *, per_member: bool
+) -> list[RoomRow]:
+    if not rooms:
+        return []
+    ids = [row.id for row in rooms]
+    members: dict[uuid.UUID, list[MemberRow]] = {}
+    for room_id, user_id, role, joined_at, read_seq in (
+        await connection.execute(
+            select(
+                MEMBERS.c.room_id,
+                MEMBERS.c.user_id,
+                MEMBERS.c.role,
+                MEMBERS.c.joined_at,
+                MEMBERS.c.read_seq,
+            )
+            .where(MEMBERS.c.room_id.in_(ids))
+            .order_by(MEMBERS.c.joined_seq, MEMBERS.c.joined_at, MEMBERS.c.user_id)
+        )
+    ).all():
+        members.setdefault(room_id, []).append(MemberRow(user_id, role, joined_at, read_seq))
+    last: dict[uuid.UUID, MessageRow] = {}
+    newest = (
+        select(MESSAGES.c.room_id, func.max(MESSAGES.c.seq).label("seq"))
+        .where(MESSAGES.c.room_id.in_(ids), MESSAGES.c.deleted_at.is_(None))
+        .group_by(MESSAGES.c.room_id)
+        .subquery()
+    )
+    rows = (
+        await connection.execute(
+            select(MESSAGES).join(
+                newest, and_(MESSAGES.c.room_id == newest.c.room_id, MESSAGES.c.seq == newest.c.seq)
+            )
+        )
+    ).all()
+    for message in await with_reactions(connection, [message_from_row(r) for r in rows]):
+        last[message.room_id] = message
+    return [
+        RoomRow(
+            id=row.id,
+            kind=row.kind,
+            name=row.name,
+            last_seq=row.last_seq,
+            created_at=row.created_at,
+            last_activity_at=row.member_activity if per_member else row.last_activity_at,
+            members=members.get(row.id, []),
+            last_message=last.get(row.id),
+        )
+        for row in rooms
+    ]
+
+
+# --- read positions -------------------------------------------------------------------------------
+
+_SAVE_READ = """
+UPDATE room_members SET read_seq = GREATEST(read_seq, $3) WHERE room_id = $1 AND user_id = $2
+"""
+
+
+async def save_read_position(
+    db: Database, *, room_id: uuid.UUID, user_id: uuid.UUID, seq: int
+) -> None:
+    """Move a member's read seq forward to `seq` (never back)."""
+    if db.pg is not None:
+        await db.pg.execute(_SAVE_READ, room_id, user_id, seq)
+        return
+    async with db.write() as connection:
+        await connection.execute(
+            update(MEMBERS)
+            .where(MEMBERS.c.room_id == room_id, MEMBERS.c.user_id == user_id)
+            .values(read_seq=func.max(MEMBERS.c.read_seq, seq))
+        )
+
+
+# Per room, the messages of others after the read seq that are not deleted, counted in the
+# index (room_id, seq) and stopped at the cap, so a room with a million unread costs as much
+# as one with a thousand.
+_UNREAD = """
+SELECT x.room_id, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM messages m
+        WHERE m.room_id = x.room_id AND m.seq > x.read_seq
+          AND m.sender_id <> $1 AND m.deleted_at IS NULL
+        ORDER BY m.seq LIMIT $4
+    ) AS capped
+) AS unread
+FROM unnest($2::uuid[], $3::bigint[]) AS x(room_id, read_seq)
+"""
+
+
+def _unread_sqlite(user_id: uuid.UUID, room_id: uuid.UUID, read_seq: int, cap: int) -> Any:
+    capped = (
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.room_id == room_id,
+            MESSAGES.c.seq > read_seq,
+            MESSAGES.c.sender_id != user_id,
+            MESSAGES.c.deleted_at.is_(None),
+        )
+        .order_by(MESSAGES.c.seq)
+        .limit(cap)
+        .subquery()
+    )
+    return select(
+        literal(room_id, type_=Uuid()).label("room_id"),
+        select(func.count()).select_from(capped).scalar_subquery().label("unread"),
+    )
+
+
+async def unread_counts(
+    db: Database, *, user_id: uuid.UUID, read_seqs: dict[uuid.UUID, int], cap: int
+) -> dict[uuid.UUID, int]:
+    """Unread messages per room for a user at the given read seqs, in one statement."""
+    if not read_seqs:
+        return {}
+    rooms = list(read_seqs)
+    if db.pg is not None:
+        records = await db.pg.fetch(
+            _UNREAD, user_id, rooms, [read_seqs[room] for room in rooms], cap
+        )
+        return {record[0]: record[1] for record in records}
+    query = union_all(*(_unread_sqlite(user_id, room, read_seqs[room], cap) for room in rooms))
+    async with db.read() as connection:
+        rows = (await connection.execute(query)).all()
+    return {row.room_id: row.unread for row in rows}
