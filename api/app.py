@@ -133,9 +133,15 @@ def create_app(
     settings.check()
     if run_migrations is None:
         run_migrations = settings.uses_embedded_database
+    masked = settings.masked()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        log.info(
+            "effective settings: %s",
+            " ".join(f"{name}={value}" for name, value in masked.items()),
+            extra={"fields": {"settings": masked}},
+        )
         url = settings.effective_database_url
         if run_migrations:
             await migrate(url)
@@ -199,6 +205,7 @@ def create_app(
             await db.dispose()
 
     # The app factory is the one place in api/ that mounts the GraphQL layer.
+    from schema.access import AccessLoggedEndpoint
     from schema.http import GraphQLHTTPEndpoint
     from schema.view import create_view
 
@@ -227,5 +234,5 @@ def create_app(
         Middleware(GraphQLRequestGuardMiddleware, graphiql=settings.graphiql_enabled),
     ]
     app = ChatApp(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.graphql_post = endpoint
+    app.graphql_post = AccessLoggedEndpoint(endpoint)
     return app

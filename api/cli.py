@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from api.core import logs
 from api.core.settings import ConfigurationError, Settings
 
 
@@ -43,6 +45,8 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         reload=args.reload,
         log_level=args.log_level,
+        # The process's one logging setup (text or JSON), in every worker too.
+        log_config=logs.dict_config(settings.log_format),
         **uvicorn_options(settings),
     )
     return 0
@@ -60,6 +64,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn's sans-I/O protocol, opened up for the delivery hub's direct writes.
         "ws": ChatWebSocketProtocol,
         "lifespan": "on",
+        # The access log is the app's (schema.access): a line per GraphQL operation, with
+        # its type, name, outcome and user, where uvicorn's says `POST /graphql 200` (and
+        # would print a GraphiQL share link's query string).
+        "access_log": False,
         "proxy_headers": True,
         "ws_max_size": settings.ws_max_message_bytes or 16 * 1024 * 1024,
         # Off by default: deflate costs about 50 KiB of memory per socket.
@@ -101,6 +109,14 @@ def _export_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_format() -> logs.LogFormat:
+    try:
+        return Settings().log_format
+    except ValidationError:
+        # The command itself reports the bad setting; its words should be readable.
+        return "text"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="chat-backend", description=__doc__)
@@ -123,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(handler=_export_schema)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(_log_format())
     result: int = args.handler(args)
     return result
 
