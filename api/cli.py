@@ -56,8 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         reload=args.reload,
         log_level=args.log_level,
-        # The process's one logging setup (text or JSON), in every worker too.
-        log_config=logs.dict_config(settings.log_format),
+        # The process's one logging setup (text or JSON), in every worker too; --log-level
+        # warning also silences the access log.
+        log_config=logs.dict_config(settings.log_format, level=args.log_level),
         **uvicorn_options(settings),
     )
     return 0
