@@ -85,7 +85,7 @@ def test_a_json_line_has_time_level_logger_message_the_correlation_id_and_the_ex
 
 
 def test_text_is_the_default_log_format() -> None:
-    assert Settings(_env_file=None).log_format == "text"  # type: ignore[call-arg]
+    assert Settings(_env_file=None).log_format == "text"
 
 
 async def test_no_secret_cookie_password_name_or_message_reaches_the_log_and_each_operation_has_an_access_line(  # noqa: E501
