@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-## Serve on http://127.0.0.1:8000 (SQLite under ./data, in-memory pub/sub, GraphiQL at /graphql).
+## Serve on http://127.0.0.1:8000 (SQLite under ./data, in-memory pub/sub, the web client at /, GraphiQL at /graphql).
 serve: install
 	$(BIN)/chat-backend serve
 

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api import webclient
 from api.chat.reads import ReadPositions
 from api.chat.signals import Signals
 from api.core.collector import CollectorPolicy
@@ -79,6 +80,7 @@ def _build_state(
     from schema.execution import Plans
     from schema.hub import Hub
     from schema.log import event_type
+    from schema.signals import signal_type
 
     keys = derive_keys(settings.secret)
     state = AppState(
@@ -116,6 +118,8 @@ def _build_state(
         directory=state.directory,
         to_message=MessageType.from_view,
         to_event=event_type,
+        to_signal=signal_type,
+        signals=state.signals,
         behind_limit=settings.ws_behind_limit,
     )
     return state
@@ -213,8 +217,12 @@ def create_app(
     endpoint = GraphQLHTTPEndpoint(
         max_body_bytes=settings.max_body_bytes, allowed_origins=settings.allowed_origins
     )
+    if settings.web_client_enabled and not webclient.available():
+        log.warning("WEB_CLIENT is on but %s is missing: / goes to /graphql", webclient.WEB_DIR)
+    web_client = settings.web_client_enabled and webclient.available()
     routes = [
-        Route("/", root),
+        Route("/", webclient.index if web_client else root),
+        *([Mount("/web", webclient.static_app(), name="web")] if web_client else []),
         Route("/healthz", healthz),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
         Route("/graphql", view, methods=["GET"]),

@@ -23,8 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from bench import gcstats, seed
-from bench.loadgen import MESSAGE_FIELDS, LoadGen, SetupError
+from bench.loadgen import MESSAGE_FIELDS, LoadGen, Mix, SetupError, Tracker, WSConn
 from bench.peer import PeerUnavailable
 from bench.procs import cpu_seconds, rss_bytes
 from bench.profile import Profiler, format_summary
@@ -54,6 +56,7 @@ class Phase:
     seconds: float
     criteria: Criteria
     stop_on_fail: bool = True
+    mix: Mix | None = None  # the activity mix instead of plain sends
 
 
 def _labels(ctx: Context, wanted: tuple[str, ...] | list[str]) -> list[str]:
@@ -136,12 +139,21 @@ async def on_stack(
                 if steps and not steps[-1]["drained"]:
                     # A backlog left by the last step would be billed to this one.
                     steps[-1]["settled_s"] = await settle(servers)
-                step = await _step(ctx, lg, meter, made, rate, phase.seconds, servers)
+                step = await _step(
+                    ctx, lg, meter, made, rate, phase.seconds, servers, mix=phase.mix
+                )
                 ok, reason = phase.criteria(step)
                 step["pass"] = ok
                 step["fail_reason"] = reason
                 steps.append(step)
                 ctx.log(f"    {label:<5} {phase.name:<5}" + _step_line(step)[3:])
+                if phase.mix is not None:
+                    ops = step["operations"]
+                    ctx.log(
+                        f"            operations: {ops['send']} sends, {ops['edit']} edits, "
+                        f"{ops['reaction']} reactions; server "
+                        f"{step['server_cpu_us_per_operation']} us/operation"
+                    )
                 if not ok and phase.stop_on_fail and hopeless(step, len(servers)):
                     break
                 await asyncio.sleep(1.0)
@@ -181,8 +193,10 @@ async def settle(servers: list[Any], limit_s: float = 30.0, quiet_pct: float = 1
     return round(perf() - started, 1)
 
 
-def _fixed(rate: float, seconds: float, p99_ms: float) -> Phase:
-    return Phase("fixed", [rate], seconds, delivery_criteria(p99_ms), stop_on_fail=False)
+def _fixed(
+    rate: float, seconds: float, p99_ms: float, *, name: str = "fixed", mix: Mix | None = None
+) -> Phase:
+    return Phase(name, [rate], seconds, delivery_criteria(p99_ms), stop_on_fail=False, mix=mix)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,6 +308,42 @@ async def sending1(ctx: Context) -> dict[str, Any]:
     return result
 
 
+async def mix10x10(ctx: Context) -> dict[str, Any]:
+    """peer10x10's topology and rate on ours only: plain sends, then the activity mix (a share
+    of the operations edit or react to a recent message), alternating on the same sockets."""
+    c = ctx.config
+    per_room = 2 * c.peer_devices
+    mix = Mix(edits=c.mix_edits, reactions=c.mix_reactions)
+    result: dict[str, Any] = {
+        "compare": "mix",
+        "rooms": c.peer_rooms,
+        "sockets": c.peer_rooms * per_room,
+        "sockets_per_room": per_room,
+        "ops_per_s": c.peer_rate,
+        "seconds": c.peer_seconds,
+        "mix": {"edits": mix.edits, "reactions": mix.reactions, "sends": round(mix.sends, 3)},
+        "rounds": c.mix_rounds,
+        "target_p99_ms": 20,
+        "stacks": {},
+    }
+    phases: list[Phase] = []
+    for round_ in range(1, c.mix_rounds + 1):
+        phases.append(_fixed(c.peer_rate, c.peer_seconds, 20, name=f"plain#{round_}"))
+        phases.append(_fixed(c.peer_rate, c.peer_seconds, 20, name=f"mix#{round_}", mix=mix))
+    # The yoga peer has no edits or reactions, and the relay no database: ours only.
+    for label in _labels(ctx, ("ours",)):
+        result["stacks"][label] = await on_stack(
+            ctx,
+            label,
+            tag="mx",
+            rooms=c.peer_rooms,
+            devices=c.peer_devices,
+            phases=phases,
+            warm_seconds=c.peer_warm_seconds,
+        )
+    return result
+
+
 # -- stalled subscriber
 
 SEND_FIRST = 'mutation($r: ID!) { sendMessage(roomId: $r, data: "stalled 1") { id seq cursor } }'
@@ -314,6 +364,61 @@ TCP_STATES = {
     "0A": "LISTEN",
     "0B": "CLOSING",
 }
+
+
+class ReplayProbe(Tracker):
+    """The frames of one socket that resumes after message 1 of the stalled room: every stored
+    message must come back first, gap-free and in order, with the data the bulk load wrote."""
+
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.wanted = expected
+        self.seqs: list[int] = []
+        self.wrong_data = 0
+        self.complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_message(self, conn: WSConn, payload: bytes, now: float) -> None:
+        message = orjson.loads(payload)
+        if message.get("type") != "next":
+            super().on_message(conn, payload, now)
+            return
+        for node in (message["payload"].get("data") or {}).values():
+            seq = node["seq"]
+            self.seqs.append(seq)
+            if not node["data"].startswith(f"history message {seq} "):
+                self.wrong_data += 1
+        if len(self.seqs) >= self.wanted and not self.complete.done():
+            self.complete.set_result(None)
+
+
+async def replay_probe(
+    lg: LoadGen, endpoint: Any, cookie: str, room_id: str, cursor: str, stored: list[int]
+) -> dict[str, Any]:
+    """Subscribe with `after` = cursor on a socket of its own and read the replay of the
+    stored seqs (what the stalled socket is sent but never reads)."""
+    probe = ReplayProbe(len(stored))
+    conn = await lg.open_socket(endpoint, cookie, -1, None, tracker=probe)
+    started = perf()
+    try:
+        conn.start_subscription(
+            {"query": MESSAGE_ADDED_AFTER, "variables": {"roomId": room_id, "after": cursor}}
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(probe.complete), 60)
+        seconds = perf() - started
+    finally:
+        conn.close()
+    replayed = probe.seqs[: len(stored)]
+    return {
+        "expected": len(stored),
+        "received": len(replayed),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(len(replayed) / max(seconds, 1e-9)),
+        "all_in_order": replayed == stored,
+        "wrong_data": probe.wrong_data,
+        "errors": probe.errors,
+        "error_samples": probe.error_samples[:3],
+    }
 
 
 def tcp_socket(local_port: int, remote_port: int) -> dict[str, Any] | None:
@@ -380,6 +485,16 @@ async def _stalled_on(ctx: Context, label: str) -> dict[str, Any]:
                 message_bytes=c.message_bytes,
             )
         result["seed_s"] = round(perf() - started, 1)
+        # What the stalled socket's subscriptions are sent (and never read): the stored rows.
+        result["replay"] = await replay_probe(
+            lg, server.endpoint, cookies[a], room.id, cursor, list(range(2, c.stalled_messages + 1))
+        )
+        replay = result["replay"]
+        ctx.log(
+            f"    {label}: replay after message 1: {replay['received']:,}/{replay['expected']:,} "
+            f"stored messages in {replay['seconds']} s, in order: {replay['all_in_order']}, "
+            f"wrong data: {replay['wrong_data']}, errors: {replay['errors']}"
+        )
         # A witness: member b on one device, live only, measured like any other step.
         await lg.connect_and_warm([room], 1, member_devices=[0, 1])
         lg.sender = 0
@@ -523,6 +638,7 @@ SCENARIOS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "peer1x500": peer1x500,
     "sending1": sending1,
     "stalled": stalled,
+    "mix10x10": mix10x10,
 }
 GROUPS = {"peer": ["peer10x10", "peer1x500", "sending1"]}
 
@@ -807,6 +923,13 @@ def render_sending(name: str, result: dict[str, Any]) -> list[str]:
 
 
 STALLED_ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    (
+        "replayed to a probe (after message 1): stored messages / expected",
+        lambda r: (
+            f"{r['replay']['received']:,} / {r['replay']['expected']:,}"
+            + ("" if r["replay"]["all_in_order"] else " NOT in order")
+        ),
+    ),
     ("RSS baseline MB", lambda r: r["rss_baseline_mb"]),
     ("RSS noise before the stall MB (max-min)", lambda r: r["rss_noise_mb"]),
     ("RSS held at the end of sending MB (over baseline)", lambda r: r["rss_held_mb"]),
@@ -847,9 +970,117 @@ def render_stalled(name: str, result: dict[str, Any]) -> list[str]:
     return lines + _skipped(result, list(result["stacks"]))
 
 
+def _by_kind(step: dict[str, Any], kind: str) -> Any:
+    return ((step.get("response_ms_by_kind") or {}).get(kind) or {}).get("p99")
+
+
+MIX_ROWS: list[tuple[str, Callable[[dict[str, Any]], Any]]] = [
+    (
+        "operations: sends / edits / reactions",
+        lambda s: (
+            " / ".join(
+                str(s["operations"][k]) for k in ("send", "edit", "reaction") if "operations" in s
+            )
+            or f"{s['sent']} / 0 / 0"
+        ),
+    ),
+    ("operations/s achieved", lambda s: s["achieved_send_rate"]),
+    ("deliveries received (messageAdded)", lambda s: s["deliveries"]),
+    ("server CPU µs / delivery", lambda s: s["server_cpu_us_per_delivery"]),
+    ("server CPU µs / operation", lambda s: s["server_cpu_us_per_message"]),
+    ("db CPU µs / operation", lambda s: s["infra_cpu_us_per_message"]),
+    ("server CPU % of a core", lambda s: round(s["cpu"]["server_cpu_pct"], 1)),
+    ("db CPU %", lambda s: round(s["cpu"]["infra_cpu_pct"], 1)),
+    ("delivery p50 ms", lambda s: s["delivery_ms"]["p50"]),
+    ("delivery p99 ms", lambda s: s["delivery_ms"]["p99"]),
+    ("response p99 ms, all operations", lambda s: s["response_ms"]["p99"]),
+    (
+        "response p99 ms: send / edit / reaction",
+        lambda s: (
+            " / ".join(_fmt(_by_kind(s, k)) for k in ("send", "edit", "reaction"))
+            if "response_ms_by_kind" in s
+            else "-"
+        ),
+    ),
+    (
+        "lost / dup / ooo / errors",
+        lambda s: (
+            f"{s['lost']} / {s['duplicates']} / {s['out_of_order']} / "
+            f"{s['errors'] + s['send_errors']}"
+        ),
+    ),
+    ("generator CPU %", lambda s: round(s["cpu"]["generator_cpu_pct"], 1)),
+    ("rest of the machine CPU %", lambda s: round(s["cpu"]["other_cpu_pct"], 1)),
+    ("hypervisor steal CPU %", lambda s: round(s["cpu"].get("steal_cpu_pct", 0.0), 1)),
+    ("GC longest pause ms / pauses > 20 ms", lambda s: gcstats.describe(s.get("gc"))),
+    ("pass (p99 <= 20 ms, nothing lost)", _short),
+]
+
+
+def mix_steps(result: dict[str, Any], label: str = "ours") -> dict[str, list[dict[str, Any]]]:
+    """The steps of each kind of phase ("plain", "mix"), in the order they ran."""
+    phases = ((result.get("stacks") or {}).get(label) or {}).get("phases") or {}
+    out: dict[str, list[dict[str, Any]]] = {"plain": [], "mix": []}
+    for name, phase in phases.items():
+        out.setdefault(name.split("#")[0], []).extend(phase["steps"])
+    return out
+
+
+def mix_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Medians over the rounds: CPU per delivery and per operation, plain against mix."""
+    steps = mix_steps(result)
+
+    def med(kind: str, key: str) -> float | None:
+        values = [s[key] for s in steps[kind] if s.get(key) is not None]
+        return round(statistics.median(values), 1) if values else None
+
+    out: dict[str, Any] = {}
+    for key, short in (
+        ("server_cpu_us_per_delivery", "us_per_delivery"),
+        ("server_cpu_us_per_message", "us_per_operation"),
+    ):
+        plain, mixed = med("plain", key), med("mix", key)
+        out[short] = {"plain": plain, "mix": mixed, "mix/plain": _ratio(plain and mixed, plain)}
+    out["p99_ms"] = {
+        kind: max((s["delivery_ms"]["p99"] or 0 for s in steps[kind]), default=None)
+        for kind in ("plain", "mix")
+    }
+    return out
+
+
+def render_mix(name: str, result: dict[str, Any]) -> list[str]:
+    ours = (result.get("stacks") or {}).get("ours") or {}
+    phases = ours.get("phases") or {}
+    if not phases:
+        return _skipped(result, list(result["stacks"]))
+    names = list(phases)
+    steps = {n: phases[n]["steps"][0] for n in names if phases[n]["steps"]}
+    mix = result["mix"]
+    summary = mix_summary(result)
+    lines = [
+        f"\n### {name}: ours, {result['rooms']} rooms x {result['sockets_per_room']} sockets "
+        f"(messageAdded), {result['ops_per_s']:g} operations/s for {result['seconds']:g} s; "
+        f"plain = every operation a send, mix = {mix['sends']:.0%} sends, {mix['edits']:.0%} "
+        f"edits, {mix['reactions']:.0%} addReaction (of the room's newest message); "
+        f"{result['rounds']} round(s), alternating on the same sockets\n",
+        "Medians over the rounds: server CPU µs / delivery plain "
+        f"{_fmt(summary['us_per_delivery']['plain'])}, mix "
+        f"{_fmt(summary['us_per_delivery']['mix'])} (mix/plain "
+        f"{_fmt(summary['us_per_delivery']['mix/plain'], 2)}); µs / operation plain "
+        f"{_fmt(summary['us_per_operation']['plain'])}, mix "
+        f"{_fmt(summary['us_per_operation']['mix'])} (mix/plain "
+        f"{_fmt(summary['us_per_operation']['mix/plain'], 2)}).\n",
+        "| metric | " + " | ".join(steps) + " |",
+        "|---|" + "---:|" * len(steps),
+    ]
+    for title, get in MIX_ROWS:
+        lines.append(f"| {title} | " + " | ".join(_fmt(get(s)) for s in steps.values()) + " |")
+    return lines + _skipped(result, list(result["stacks"]))
+
+
 def render(results: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    for name in ("peer10x10", "peer1x500", "sending1", "stalled"):
+    for name in ("peer10x10", "mix10x10", "peer1x500", "sending1", "stalled"):
         result = results.get(name)
         if not result or "stacks" not in result:
             continue
@@ -861,6 +1092,8 @@ def render(results: dict[str, Any]) -> list[str]:
             lines += render_sending(name, result)
         elif result["compare"] == "stalled":
             lines += render_stalled(name, result)
+        elif result["compare"] == "mix":
+            lines += render_mix(name, result)
     return lines
 
 
@@ -964,6 +1197,30 @@ def targets(
                 best,
                 ">= 1,000",
                 (best or 0) >= 1000,
+            )
+    result = results.get("mix10x10")
+    if result and "stacks" in result and mix_steps(result)["mix"]:
+        mixed = mix_steps(result)["mix"]
+        worst = max(mixed, key=lambda s: s["delivery_ms"]["p99"] or 1e9)
+        lost = sum(s["lost"] for s in mixed)
+        p99 = worst["delivery_ms"]["p99"]
+        add(
+            "mix10x10",
+            f"ours delivery p99 with the activity mix, worst round (ms; lost {lost})",
+            p99,
+            "<= 20",
+            p99 is not None and p99 <= 20 and not lost,
+        )
+        summary = mix_summary(result)
+        for key, what in (("us_per_delivery", "delivery"), ("us_per_operation", "operation")):
+            row = summary[key]
+            add(
+                "mix10x10",
+                f"ours server CPU µs per {what}: mix {_fmt(row['mix'])} / plain "
+                f"{_fmt(row['plain'])} (medians)",
+                row["mix/plain"],
+                "",
+                None,
             )
     result = results.get("stalled")
     if result and "stacks" in result:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import itertools
 import os
+import random
 import socket
 import time
 from array import array
@@ -45,6 +46,17 @@ MESSAGE_ADDED = (
     "subscription Follow($roomId: ID!) { messageAdded(roomId: $roomId) { " + MESSAGE_FIELDS + " } }"
 )
 INBOX = "subscription Inbox { inbox { " + MESSAGE_FIELDS + " } }"
+# The activity mix's other operations, selecting what a client shows after them.
+EDIT = (
+    "mutation Edit($messageId: ID!, $data: String!) "
+    "{ editMessage(messageId: $messageId, data: $data) { id seq data editedAt } }"
+)
+REACT = (
+    "mutation React($messageId: ID!, $emoji: String!) "
+    "{ addReaction(messageId: $messageId, emoji: $emoji) { id reactions { emoji count me } } }"
+)
+# 20 = the server's limit of different reactions per user and message.
+EMOJIS = [chr(0x1F600 + i) for i in range(20)]
 PASSWORD = "bench password 1234"
 
 
@@ -583,7 +595,11 @@ class Tracker:
                 if text[0] == "w":
                     conn.warm = True
                     continue
-                k = int(text[: text.index("|")])
+                try:
+                    k = int(text[: text.index("|")])
+                except ValueError:
+                    self.unexpected += 1
+                    continue
                 if k >= len(self.sent_at):
                     self.unexpected += 1
                     continue
@@ -660,6 +676,25 @@ class Room:
     id: str
     members: list[tuple[str, str]]  # (name, cookie)
     sockets: list[WSConn] = field(default_factory=list)
+    # The activity mix's target: (seq, message id, sender index, k) of the newest message whose
+    # send has answered, and how many reactions it has had from the mix.
+    latest: tuple[int, str, int, int] | None = None
+    latest_reactions: int = 0
+
+
+@dataclass
+class Mix:
+    """Shares of the scheduled operations that are not sends: edits of (by its sender), and
+    reactions to (by the other member), the room's newest answered message. Which operation
+    each slot gets is drawn from a seeded generator, so runs repeat exactly."""
+
+    edits: float = 0.1
+    reactions: float = 0.1
+    seed: int = 1
+
+    @property
+    def sends(self) -> float:
+        return 1.0 - self.edits - self.reactions
 
 
 class LoadGen:
@@ -678,6 +713,9 @@ class LoadGen:
         self._client_ids = itertools.count(1)
         self.resubscribed = 0
         self.sender: int | None = None  # a fixed sending member (index), else alternating
+        # Per kind of operation of the last open loop: count and response latencies (s).
+        self.ops: dict[str, int] = {}
+        self.op_latencies: dict[str, array[float]] = {}
 
     def pool(self) -> HttpPool:
         return self.pools[next(self._rr) % len(self.pools)]
@@ -726,20 +764,23 @@ class LoadGen:
         subscribe: dict[str, Any] | None,
         *,
         rcvbuf: int | None = None,
+        tracker: Tracker | None = None,
     ) -> WSConn:
-        """A connected, acknowledged socket; rcvbuf caps its kernel receive buffer."""
+        """A connected, acknowledged socket; rcvbuf caps its kernel receive buffer. `tracker`
+        receives its frames instead of the generator's own."""
         loop = asyncio.get_running_loop()
+        tracker = tracker or self.tracker
         if rcvbuf:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.setblocking(False)
             await loop.sock_connect(sock, (endpoint.host, endpoint.port))
             _, conn = await loop.create_connection(
-                lambda: WSConn(self.tracker, endpoint.hostport, cookie, group), sock=sock
+                lambda: WSConn(tracker, endpoint.hostport, cookie, group), sock=sock
             )
         else:
             _, conn = await loop.create_connection(
-                lambda: WSConn(self.tracker, endpoint.hostport, cookie, group),
+                lambda: WSConn(tracker, endpoint.hostport, cookie, group),
                 endpoint.host,
                 endpoint.port,
             )
@@ -895,18 +936,28 @@ class LoadGen:
         return sent
 
     async def open_loop(
-        self, rooms: list[Room], rate: float, duration: float, expected: Callable[[Room], int]
+        self,
+        rooms: list[Room],
+        rate: float,
+        duration: float,
+        expected: Callable[[Room], int],
+        mix: Mix | None = None,
     ) -> float:
         """Send `rate` messages/s for `duration` s round-robin over rooms, on schedule.
 
         Each message's clock starts at its scheduled instant; the request is written then
         (unless every connection is busy: the wait counts, as it would for a user).
-        Returns the achieved send rate (scheduled messages actually written per second).
+        With `mix`, that share of the slots edits or reacts to the room's newest message instead
+        (a slot whose room has none answered yet sends). Those expect no delivery.
+        Returns the achieved rate (scheduled operations actually written per second).
         """
         tracker = self.tracker
         total = int(rate * duration)
         interval = 1.0 / rate
         padding = "x" * max(0, self.message_bytes - 12)
+        draw = random.Random(mix.seed).random if mix is not None else None
+        self.ops = {"send": 0, "edit": 0, "reaction": 0}
+        self.op_latencies = {kind: array("d") for kind in self.ops}
         start = perf() + 0.02
         i = 0
         nrooms = len(rooms)
@@ -921,15 +972,78 @@ class LoadGen:
                 if due > now:
                     break
                 room = rooms[i % nrooms]
-                k = tracker.new_message(due, expected(room))
+                kind = "send"
+                if draw is not None and mix is not None:
+                    kind = self._mix_kind(room, draw(), mix)
+                k = tracker.new_message(due, expected(room) if kind == "send" else 0)
                 tracker.lags.append(perf() - due)
+                self.ops[kind] += 1
+                if kind == "send":
+                    sender = i // nrooms
+                    if mix is None:
 
-                def done(status: int, body: bytes, _c: Any, error: Any, k: int = k) -> None:
-                    tracker.on_response(k, status, body, error, perf())
+                        def done(status: int, body: bytes, _c: Any, error: Any, k: int = k) -> None:
+                            tracker.on_response(k, status, body, error, perf())
 
-                self._send(room, f"{k}|{padding}", i // nrooms, done)
+                        self._send(room, f"{k}|{padding}", sender, done)
+                    else:
+                        done_ = self._mix_done(k, room, kind, sender)
+                        self._send(room, f"{k}|{padding}", sender, done_)
+                else:
+                    done_ = self._mix_done(k, room, kind, None)
+                    self._change(room, kind, k, padding, done_)
                 i += 1
         return total / max(1e-9, perf() - start)
+
+    def _mix_kind(self, room: Room, roll: float, mix: Mix) -> str:
+        if room.latest is None or roll >= mix.edits + mix.reactions:
+            return "send"
+        if roll < mix.edits or room.latest_reactions >= len(EMOJIS):
+            return "edit"
+        return "reaction"
+
+    def _mix_done(self, k: int, room: Room, kind: str, sender: int | None) -> Any:
+        """The response callback of a mix operation: accounting, and for a send the room's
+        newest message (responses may come back out of order)."""
+        tracker = self.tracker
+        latencies = self.op_latencies[kind]
+
+        def done(status: int, body: bytes, _c: Any, error: Any) -> None:
+            now = perf()
+            tracker.on_response(k, status, body, error, now)
+            if error is not None or status != 200:
+                return
+            latencies.append(now - tracker.sent_at[k])
+            if sender is None:
+                return
+            sent = (orjson.loads(body).get("data") or {}).get("sendMessage")
+            if sent and (room.latest is None or sent["seq"] > room.latest[0]):
+                member = self.sender if self.sender is not None else sender
+                room.latest = (sent["seq"], sent["id"], member % len(room.members), k)
+                room.latest_reactions = 0
+
+        return done
+
+    def _change(self, room: Room, kind: str, k: int, padding: str, on_done: Any) -> None:
+        """Edit the room's newest message (as its sender) or react to it (as the other member)."""
+        assert room.latest is not None
+        _seq, message_id, sender, original = room.latest
+        if kind == "edit":
+            cookie = room.members[sender][1]
+            # The original message's k still comes first: a subscriber refilled from the
+            # database gets the message as it is now, and must count it as that message.
+            note = f"edit {k}|"
+            data = f"{original}|{note}{padding[len(note) :]}"
+            variables = {"messageId": message_id, "data": data}
+            body = orjson.dumps({"query": EDIT, "variables": variables})
+        else:
+            cookie = room.members[(sender + 1) % len(room.members)][1]
+            emoji = EMOJIS[room.latest_reactions]
+            room.latest_reactions += 1
+            body = orjson.dumps(
+                {"query": REACT, "variables": {"messageId": message_id, "emoji": emoji}}
+            )
+        self.pool().request(body, cookie, on_done)
 
     async def drain(self, limit_s: float) -> bool:
         """Wait for every expected delivery and response of this step; False on timeout."""

@@ -24,15 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import compare, gcstats
+from bench import compare, gcstats, signals
 from bench.scenarios import SCENARIOS as BASE_SCENARIOS
 from bench.scenarios import Config, Context, median
 from bench.stack import ROOT, STACKS, Stack
 
-SCENARIOS = {**BASE_SCENARIOS, **compare.SCENARIOS}
+SCENARIOS = {**BASE_SCENARIOS, **compare.SCENARIOS, **signals.SCENARIOS}
 BASE = ["fanout", "relay", "large", "sending", "history", "idle", "twoinstances"]
 PEER = compare.GROUPS["peer"]
-ALL = [*BASE, *PEER, "stalled"]
+ALL = [*BASE, *PEER, "mix10x10", "stalled", "signals"]
 GROUPS = {"all": ALL, **compare.GROUPS}
 
 
@@ -157,6 +157,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group.add_argument("--stalled-subscriptions", type=int, help="stalled: subscriptions (50)")
     group.add_argument("--stalled-rate", type=float, help="stalled: msgs/s while stalled (50)")
     group.add_argument("--stalled-seconds", type=float, help="stalled: seconds of sending (20)")
+    group.add_argument(
+        "--mix-edits", type=float, help="mix10x10: share of operations that edit (0.1)"
+    )
+    group.add_argument(
+        "--mix-reactions", type=float, help="mix10x10: share of operations that react (0.1)"
+    )
+    group.add_argument(
+        "--mix-rounds", type=int, help="mix10x10: plain/mix pairs on the same sockets (2; quick 1)"
+    )
+    group.add_argument("--signals-members", type=int, help="signals: room members = sockets (200)")
+    group.add_argument(
+        "--signals-rate", type=float, help="signals: setTyping calls/s over all members (20)"
+    )
+    group.add_argument("--signals-seconds", type=float, help="signals: each window (30; quick 10)")
+    group.add_argument(
+        "--signals-message-rate",
+        type=float,
+        help="signals: messageAdded msgs/s for comparison (default 2 x --signals-rate)",
+    )
     return parser.parse_args(argv)
 
 
@@ -197,6 +216,13 @@ def build_config(args: argparse.Namespace) -> Config:
         "stalled_subscriptions",
         "stalled_rate",
         "stalled_seconds",
+        "mix_edits",
+        "mix_reactions",
+        "mix_rounds",
+        "signals_members",
+        "signals_rate",
+        "signals_seconds",
+        "signals_message_rate",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -463,6 +489,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             None,
         )
     compare.targets(results, add)
+    signals.targets(results, add)
     return rows
 
 
@@ -514,6 +541,7 @@ def render(report: dict[str, Any]) -> str:
         if "error" in result:
             lines.append(f"\n### {name}: ERROR\n\n```\n{result['error']}\n```")
     lines += compare.render(results)
+    lines += signals.render(results)
     for name in ("fanout", "relay", "sending"):
         if results.get(name, {}).get("steps"):
             lines += _sweep_table(name, results[name])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import gcstats, seed
-from bench.loadgen import LoadGen, Room, StepStats, summarize_ms
+from bench.loadgen import LoadGen, Mix, Room, StepStats, summarize_ms
 from bench.procs import CpuMeter, rss_bytes
 from bench.profile import Profiler, format_summary
 from bench.stack import Server, Stack
@@ -90,6 +90,16 @@ class Config:
     stalled_seconds: float = 20.0
     stalled_warm_seconds: float = 5.0
     stalled_rcvbuf: int = 65536
+    # mix10x10: the peer10x10 topology and rate, plain sends against the activity mix
+    mix_edits: float = 0.1
+    mix_reactions: float = 0.1
+    mix_rounds: int = 2  # plain, mix, plain, mix, ... on the same sockets
+    # signals (bench/signals.py): one group room, typing on roomSignals
+    signals_members: int = 200
+    signals_rate: float = 20.0  # setTyping calls/s over all members
+    signals_seconds: float = 30.0
+    signals_warm_seconds: float = 3.0
+    signals_message_rate: float | None = None  # messageAdded msgs/s; default 2 x signals_rate
     profile: bool = False
 
     @classmethod
@@ -120,6 +130,9 @@ class Config:
             sending1_stacks=["ours", "yoga"],
             stalled_seconds=8.0,
             stalled_warm_seconds=3.0,
+            mix_rounds=1,
+            signals_seconds=10.0,
+            signals_warm_seconds=2.0,
         )
 
 
@@ -243,13 +256,17 @@ async def _step(
     msgs_per_s: float,
     seconds: float,
     servers: list[Server] | None = None,
+    mix: Mix | None = None,
 ) -> dict[str, Any]:
+    """One open-loop step (with `mix`, msgs_per_s counts every operation) and its drain."""
     tracker = lg.tracker
     gc_before = await gc_snapshots(servers or [])
     tracker.begin_step()
     before = meter.snapshot()
     started = perf()
-    achieved = await lg.open_loop(rooms, msgs_per_s, seconds, lambda room: len(room.sockets))
+    achieved = await lg.open_loop(
+        rooms, msgs_per_s, seconds, lambda room: len(room.sockets), mix=mix
+    )
     send_done = perf()
     drained = await lg.drain(ctx.config.drain_seconds)
     after = meter.snapshot()
@@ -287,6 +304,18 @@ async def _step(
         "http_retries": sum(pool.retries for pool in lg.pools),
         "timeline": timeline,
     }
+    if mix is not None:
+        # Edits and reactions deliver nothing on messageAdded: deliveries come from sends only,
+        # and the CPU is also reported per operation of any kind.
+        sends = lg.ops["send"]
+        step["mix"] = asdict(mix)
+        step["operations"] = dict(lg.ops)
+        step["offered_deliveries_per_s"] = round(sends / seconds * len(rooms[0].sockets))
+        step["server_cpu_us_per_operation"] = step["server_cpu_us_per_message"]
+        step["infra_cpu_us_per_operation"] = step["infra_cpu_us_per_message"]
+        step["response_ms_by_kind"] = {
+            kind: summarize_ms(latencies) for kind, latencies in lg.op_latencies.items()
+        }
     return step
 
 

@@ -1,11 +1,15 @@
-"""Bulk-loading history straight into the app's `messages` table, and the SQL of a history page.
+"""Bulk-loading history straight into the app's tables, and the SQL of a history page.
 
-PostgreSQL: COPY (asyncpg copy_records_to_table) in chunks of 500,000 rows; from 500,000 rows on,
-the table's indexes are dropped first and rebuilt after; then rooms.last_seq and VACUUM ANALYZE.
-`bulk_load_messages` is the one place that knows the app's message table. The yoga peer's schema
-has its own loader (`bulk_load_yoga_messages`).
-SQLite: executemany in large transactions; ids, timestamps and uuids are stored in the formats
-of a row the app itself wrote (the room's first message, sent through the API).
+A stored message is two rows: `messages`, and its 'posted' entry in the room's log
+(`room_events`, same seq, message_id = messages.id), which subscriptions replay from.
+PostgreSQL: COPY (asyncpg copy_records_to_table) of the messages in chunks of 500,000 rows, then
+their log entries with INSERT ... SELECT from the new messages in chunks of the same size; from
+500,000 rows on, each table's indexes are dropped first and rebuilt after; then rooms.last_seq
+and VACUUM ANALYZE. `bulk_load_messages` is the one place that knows the app's message tables.
+The yoga peer's schema has its own loader (`bulk_load_yoga_messages`).
+SQLite: executemany in large transactions, each also inserting its log entries from its
+messages; ids, timestamps and uuids are stored in the formats of a row the app itself wrote
+(the room's first message, sent through the API).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -66,12 +71,13 @@ async def bulk_load_messages(
     message_bytes: int = 100,
     log: Any = None,
 ) -> None:
-    """The app's PostgreSQL schema: rows for `messages`, then `rooms.last_seq`.
+    """The app's PostgreSQL schema: rows for `messages`, their 'posted' entries in
+    `room_events`, then `rooms.last_seq`.
 
-    Everything that knows the app's message table is in this function (and `_records`): adapt
-    it when the schema changes. The rest is generic: COPY in chunks, with the table's indexes
-    and unique/primary constraints dropped first and rebuilt after for big loads, and foreign-key
-    triggers skipped (the room and the senders exist).
+    Everything that knows the app's message tables is in this function: adapt it when the
+    schema changes. The rest is generic: COPY (or INSERT ... SELECT) in chunks, with the table's
+    indexes and unique/primary constraints dropped first and rebuilt after for big loads, and
+    foreign-key triggers skipped (the room and the senders exist).
     """
     import asyncpg
 
@@ -96,6 +102,25 @@ async def bulk_load_messages(
     conn = await asyncpg.connect(dsn)
     try:
         await copy_in_chunks(conn, "messages", columns, rows, first_seq, last_seq, log=log)
+
+        # Each message's MessagePosted entry: the seq, sender, time and id the message got.
+        entries = 0
+
+        async def posted(start: int, stop: int) -> None:
+            nonlocal entries
+            status = await conn.execute(
+                "INSERT INTO room_events (room_id, seq, kind, actor_id, created_at, message_id) "
+                "SELECT room_id, seq, 'posted', sender_id, created_at, id FROM messages "
+                "WHERE room_id = $1 AND seq >= $2 AND seq < $3",
+                room,
+                start,
+                stop,
+            )
+            entries += int(status.split()[-1])  # "INSERT 0 <rows>"
+
+        await fill_in_chunks(conn, "room_events", posted, first_seq, last_seq, log=log)
+        if entries != count:
+            raise RuntimeError(f"{entries} log entries written for {count} messages")
         await conn.execute(
             "UPDATE rooms SET last_seq = $1, last_activity_at = $2 WHERE id = $3",
             last_seq,
@@ -174,7 +199,26 @@ async def copy_in_chunks(
     chunk: int = 500_000,
     log: Any = None,
 ) -> None:
-    """COPY rows(start, stop) for first..last in chunks, then VACUUM ANALYZE the table.
+    """COPY rows(start, stop) for first..last in chunks, then VACUUM ANALYZE the table (see
+    fill_in_chunks)."""
+
+    async def copy(start: int, stop: int) -> None:
+        await conn.copy_records_to_table(table, records=rows(start, stop), columns=columns)
+
+    await fill_in_chunks(conn, table, copy, first, last, chunk=chunk, log=log)
+
+
+async def fill_in_chunks(
+    conn: Any,
+    table: str,
+    fill: Callable[[int, int], Awaitable[None]],
+    first: int,
+    last: int,
+    *,
+    chunk: int = 500_000,
+    log: Any = None,
+) -> None:
+    """Run fill(start, stop) for first..last in chunks, then VACUUM ANALYZE the table.
 
     For big loads the table's indexes and primary/unique constraints (those no foreign key
     depends on) are dropped first and rebuilt after: one sort per index instead of millions of
@@ -193,10 +237,11 @@ async def copy_in_chunks(
     try:
         for start in range(first, last + 1, chunk):
             stop = min(last + 1, start + chunk)
-            await conn.copy_records_to_table(table, records=rows(start, stop), columns=columns)
+            await fill(start, stop)
             done += stop - start
             if log and count >= 2 * chunk:
-                log(f"      {done:,}/{count:,} rows ({time.perf_counter() - started:.0f} s)")
+                seconds = time.perf_counter() - started
+                log(f"      {table}: {done:,}/{count:,} rows ({seconds:.0f} s)")
     finally:
         await conn.execute("RESET session_replication_role")
         if rebuild:
@@ -206,11 +251,14 @@ async def copy_in_chunks(
                 await conn.execute(statement)
             await conn.execute("RESET maintenance_work_mem")
             if log:
-                log(f"      {len(rebuild)} indexes rebuilt in {time.perf_counter() - t0:.0f} s")
+                log(
+                    f"      {table}: {len(rebuild)} indexes rebuilt in "
+                    f"{time.perf_counter() - t0:.0f} s"
+                )
     t0 = time.perf_counter()
     await conn.execute(f'VACUUM ANALYZE "{table}"')
     if log and count >= 2 * chunk:
-        log(f"      VACUUM ANALYZE {time.perf_counter() - t0:.0f} s")
+        log(f"      VACUUM ANALYZE {table} {time.perf_counter() - t0:.0f} s")
 
 
 async def _drop_indexes(conn: Any, table: str) -> list[str]:
@@ -280,6 +328,13 @@ def _seed_sqlite(path: str, room_id: str, first_seq: int, count: int, size: int)
                     (room_raw, seq, senders[seq % 2], _data(seq, size), created_raw)
                     for seq in range(start, stop)
                 ),
+            )
+            # Their MessagePosted log entries, in the stored formats of the messages.
+            con.execute(
+                "INSERT INTO room_events (room_id, seq, kind, actor_id, created_at, message_id) "
+                "SELECT room_id, seq, 'posted', sender_id, created_at, id FROM messages "
+                "WHERE room_id = ? AND seq >= ? AND seq < ?",
+                (room_raw, start, stop),
             )
             con.execute("COMMIT")
         con.execute(

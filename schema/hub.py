@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from graphql import (
@@ -44,6 +44,7 @@ from graphql import (
 )
 
 from api.chat import service as chat
+from api.chat import signals as signals_service
 from api.chat.constants import room_channel, user_channel
 from api.chat.views import JOINED, LEFT, POSTED, EventView, decode_message_cursor
 from api.core.db import Database
@@ -55,6 +56,9 @@ from api.users.cache import UserDirectory
 from schema.documents import MAX_CACHED_DOCUMENT_BYTES, Documents
 from schema.errors import format_errors
 from schema.execution import PLAN_ERRORS, PlainExecutor, Plan, Plans, event_plan
+
+if TYPE_CHECKING:
+    from schema.signal_sinks import SignalSink
 
 log = logging.getLogger(__name__)
 
@@ -601,6 +605,8 @@ class Hub:
         directory: UserDirectory | None,
         to_message: Callable[[Any], Any],
         to_event: Callable[[EventView], Any],
+        to_signal: Callable[[Any], Any] | None = None,
+        signals: Any = None,
         behind_limit: float = 30.0,
         fallback_high_water: int = 64 * 1024,
     ) -> None:
@@ -611,6 +617,11 @@ class Hub:
         self.directory = directory
         self.to_message = to_message
         self.to_event = to_event
+        self.to_signal = to_signal
+        # api.chat.signals.Signals: roomSignals subscriptions listen there (schema.signal_sinks).
+        self.signals = signals
+        self._last_signal: Any = None
+        self._signal_payloads: dict[Any, bytes] = {}
         self.behind_limit = behind_limit
         self.fallback_high_water = fallback_high_water
         self.shapes = Shapes(schema, plans)
@@ -622,6 +633,7 @@ class Hub:
         self._dispatcher: asyncio.Task[None] | None = None
         self.sockets_behind = 0
         self.sockets_closed_behind = 0
+        self.signal_sinks = 0
         self.deliveries = 0
         # Signalled whenever a subscription starts or ends.
         self.changes = Changes()
@@ -724,6 +736,45 @@ class Hub:
             self, operation, shape, channel, user_id=user_id, events=events, start=start
         )
 
+    async def open_signals(
+        self, *, operation: Operation, user_id: uuid.UUID, room_id: uuid.UUID
+    ) -> SignalSink:
+        """A room's signals subscription, checked (membership) but not yet listening."""
+        from schema.signal_sinks import SignalSink
+
+        members = await signals_service.room_members_for(self.db, user_id=user_id, room_id=room_id)
+        return SignalSink(
+            self,
+            operation,
+            self._shape(operation),
+            room_id=room_id,
+            user_id=user_id,
+            member_ids=members,
+        )
+
+    async def _listen_signals(self, sink: SignalSink) -> None:
+        sink.listening = True
+        self.signal_sinks += 1
+        self.changes.notify()
+        # The room's current state is written first, then every change as it comes.
+        await self.signals.listen(
+            room_id=sink.room_id, user_id=sink.user_id, member_ids=sink.member_ids, listener=sink
+        )
+
+    def signal_payload(self, sink: SignalSink, signal: Any) -> bytes | None:
+        """A signal's encoded result for a sink's selection: built once per distinct
+        selection for all the room's subscribers (a signal goes to them one after another)."""
+        if signal is not self._last_signal:
+            assert self.to_signal is not None
+            self._last_signal = signal
+            self._signal_payloads = {None: self.to_signal(signal)}
+        payload = self._signal_payloads.get(sink.key)
+        if payload is None:
+            payload = self._result_now(sink, self._signal_payloads[None])  # type: ignore[arg-type]
+            if payload is not None:
+                self._signal_payloads[sink.key] = payload
+        return payload
+
     def _shape(self, operation: Operation) -> Shape:
         prepared = self.documents.prepare(operation.query)
         # strawberry validated this document before the resolver ran.
@@ -745,8 +796,13 @@ class Hub:
         finally:
             await self.detach(sink)
 
-    async def attach(self, sink: Sink) -> None:
+    async def attach(self, sink: Sink | SignalSink) -> None:
         """Start delivering to a sink: join its channel, then refill it from its seq."""
+        from schema.signal_sinks import SignalSink  # it builds on this module's classes
+
+        if isinstance(sink, SignalSink):
+            await self._listen_signals(sink)
+            return
         channel, socket = sink.channel, sink.socket
         if self.channels.get(channel.name) is not channel:
             # The channel was left while this sink was being opened: use the current one.
@@ -758,8 +814,17 @@ class Hub:
         # Joined before reading, so nothing committed from here on slips between the two.
         sink.refill()
 
-    async def detach(self, sink: Sink) -> None:
+    async def detach(self, sink: Sink | SignalSink) -> None:
         """Stop delivering to a sink (its stream completed, failed or its socket closed)."""
+        from schema.signal_sinks import SignalSink
+
+        if isinstance(sink, SignalSink):
+            if sink.listening:
+                sink.listening = False
+                self.signal_sinks -= 1
+                self.changes.notify()
+                await self.signals.unlisten(sink)
+            return
         channel, socket = sink.channel, sink.socket
         sink.close()
         if sink not in channel.sinks:

@@ -32,6 +32,10 @@ from api.core.websocket import SCOPE_KEY, ChatWebSocketProtocol
 from schema.context import Context
 from schema.errors import format_errors
 from schema.hub import LEGACY_WS, Ended, Hub, Operation, Sink, Socket
+from schema.signal_sinks import SignalSink
+
+# What the hub serves for one operation: a log subscription, or a room's signals.
+AnySink = Sink | SignalSink
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ def hub_operation(handler: Any, protocol: str, message: Any) -> Operation | None
     )
 
 
-HUB_FIELDS = frozenset({"messageAdded", "inbox", "roomEvents", "inboxEvents"})
+HUB_FIELDS = frozenset({"messageAdded", "inbox", "roomEvents", "inboxEvents", "roomSignals"})
 # The root fields that stream every log entry rather than only posted messages.
 EVENT_FIELDS = frozenset({"roomEvents", "inboxEvents"})
 
@@ -118,7 +122,7 @@ class HubOperations:
     def __init__(self, handler: Any, protocol: str) -> None:
         self.handler = handler
         self.protocol = protocol
-        self.sinks: dict[str, Sink] = {}
+        self.sinks: dict[str, AnySink] = {}
         self.starting: dict[str, asyncio.Task[None]] = {}
 
     def __len__(self) -> int:
@@ -164,7 +168,7 @@ class HubOperations:
             await hub.detach(sink)
             raise
 
-    async def _open(self, hub: Hub, request: HubRequest) -> Sink:
+    async def _open(self, hub: Hub, request: HubRequest) -> AnySink:
         operation, field, key = request.operation, request.field, request.key
         variables = get_variable_values(
             hub.schema, request.node.variable_definitions or (), operation.variables or {}
@@ -179,6 +183,12 @@ class HubOperations:
             auth = await operation.context.require_auth()
             name = field.name.value
             events = name in EVENT_FIELDS
+            if name == "roomSignals":
+                return await hub.open_signals(
+                    operation=operation,
+                    user_id=auth.user.id,
+                    room_id=parse_room_id(arguments["roomId"]),
+                )
             if name in ("inbox", "inboxEvents"):
                 return await hub.open_inbox(
                     operation=operation, user_id=auth.user.id, events=events
@@ -195,7 +205,7 @@ class HubOperations:
         except Exception as error:
             raise located_error(error, [field], [key]) from error
 
-    def _ended(self, sink: Sink, error: BaseException | None, key: str) -> None:
+    def _ended(self, sink: AnySink, error: BaseException | None, key: str) -> None:
         operation_id = sink.operation.id
         if self.sinks.get(operation_id) is not sink:
             return
@@ -203,7 +213,7 @@ class HubOperations:
         task = asyncio.create_task(self._finish(sink, error, key))
         task.add_done_callback(_log_failure)
 
-    async def _finish(self, sink: Sink, error: BaseException | None, key: str) -> None:
+    async def _finish(self, sink: AnySink, error: BaseException | None, key: str) -> None:
         await sink.socket.hub.detach(sink)
         operation_id = sink.operation.id
         if isinstance(error, Exception) and not isinstance(error, Ended):

@@ -8,12 +8,10 @@ none. They count against the sender's message rate limit.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Awaitable, Callable
 
 from api.chat import changes
 from api.chat import service as chat
-from api.chat.constants import ADMIN, EMOJI_MAX_LENGTH, MAX_REACTIONS_PER_USER, OWNER
-from api.chat.store import MessageRow
+from api.chat.constants import ADMIN, EMOJI_MAX_LENGTH, GROUP, MAX_REACTIONS_PER_USER, OWNER
 from api.chat.views import DELETED, EDITED, REACTION_ADDED, REACTION_REMOVED, MessageView
 from api.core.db import Database, utcnow
 from api.core.errors import BadUserInput, Forbidden, NotFound
@@ -50,9 +48,6 @@ def validate_emoji(emoji: str) -> str:
     return emoji
 
 
-Change = Callable[[changes.RoomTransaction, MessageRow], Awaitable[None]]
-
-
 async def _change(
     *,
     db: Database,
@@ -61,40 +56,34 @@ async def _change(
     limiter: RateLimiter | None,
     actor: UserView,
     message_id: str,
-    change: Change,
+    decide: changes.Decide,
     directory: UserDirectory | None,
 ) -> MessageView:
-    """Run one change to a message in its room's transaction, then publish its entries; the
-    message as it is afterwards."""
+    """Apply one change to a message under its room's lock (`decide` holds the rules), then
+    publish its entry; the message as it is afterwards."""
     number = parse_message_id(message_id)
-    room_id = await changes.message_room(db, message_id=number)
-    if room_id is None:
-        raise NotFound("No such message.")
     if limiter is not None and limiter.limits.messages.enabled:
         await limiter.acquire(limiter.limits.messages, str(actor.id))
 
+    def checked(state: changes.MessageState) -> changes.MessageWrite | None:
+        if state.actor_role is None:
+            raise Forbidden()
+        return decide(state)
+
     async def run() -> MessageView:
-        async with changes.room_transaction(db, room_id=room_id) as transaction:
-            if transaction is None:
-                raise NotFound("No such message.")
-            if actor.id not in transaction.members:
-                raise Forbidden()
-            message = await transaction.message(number)
-            if message is None:
-                raise NotFound("No such message.")
-            await change(transaction, message)
-            after = await transaction.message(number)
-            assert after is not None
-            for event in transaction.events:
-                if event.kind == EDITED:
-                    transaction.attach_message(event.seq, after)
-            rows, member_ids = transaction.events, list(transaction.members)
-        if rows:
-            events = await chat.event_views(db, directory, rows)
-            await chat.publish_events(pubsub=pubsub, events=events, member_ids=member_ids)
-        (view,) = await chat.message_views(db, directory, [after])
+        outcome = await changes.change_message(
+            db, message_id=number, actor_id=actor.id, at=utcnow(), decide=checked
+        )
+        if outcome is None:
+            raise NotFound("No such message.")
+        state, entry = outcome
+        if entry is not None:
+            (event,) = await chat.event_views(db, directory, [entry])
+            await chat.publish_events(pubsub=pubsub, events=[event], member_ids=state.member_ids)
+        (view,) = await chat.message_views(db, directory, [state.message])
         return view
 
+    # Runs to the end even if the request is cancelled: committed means published.
     return await unfinished.run(run())
 
 
@@ -113,7 +102,8 @@ async def edit_message(
     """The sender only: replace the data of a message that is not deleted (the same data
     again changes nothing)."""
 
-    async def edit(transaction: changes.RoomTransaction, message: MessageRow) -> None:
+    def edit(state: changes.MessageState) -> changes.MessageWrite | None:
+        message = state.message
         if message.sender_id != editor.id:
             raise Forbidden("Only the sender may edit a message.")
         if message.deleted_at is not None:
@@ -121,11 +111,7 @@ async def edit_message(
         chat.validate_message(
             data=data, type=message.type, client_message_id=None, max_length=max_length
         )
-        if message.data == data:
-            return
-        at = utcnow()
-        await transaction.edit(message.id, data=data, at=at)
-        await transaction.append(EDITED, actor_id=editor.id, at=at, message_id=message.id)
+        return None if message.data == data else changes.MessageWrite(EDITED, data)
 
     return await _change(
         db=db,
@@ -134,7 +120,7 @@ async def edit_message(
         limiter=limiter,
         actor=editor,
         message_id=message_id,
-        change=edit,
+        decide=edit,
         directory=directory,
     )
 
@@ -152,16 +138,11 @@ async def delete_message(
     """The sender, or a group's OWNER or ADMIN: leave a tombstone (data "", deletedAt set,
     reactions cleared). Deleting twice is not an error and appends nothing."""
 
-    async def delete(transaction: changes.RoomTransaction, message: MessageRow) -> None:
-        if message.sender_id != actor.id and not (
-            transaction.is_group and transaction.members[actor.id].role in (OWNER, ADMIN)
-        ):
+    def delete(state: changes.MessageState) -> changes.MessageWrite | None:
+        moderator = state.room_kind == GROUP and state.actor_role in (OWNER, ADMIN)
+        if state.message.sender_id != actor.id and not moderator:
             raise Forbidden("Only the sender, an OWNER or an ADMIN may delete a message.")
-        if message.deleted_at is not None:
-            return
-        at = utcnow()
-        await transaction.delete(message.id, at=at)
-        await transaction.append(DELETED, actor_id=actor.id, at=at, message_id=message.id)
+        return None if state.message.deleted_at is not None else changes.MessageWrite(DELETED)
 
     return await _change(
         db=db,
@@ -170,7 +151,7 @@ async def delete_message(
         limiter=limiter,
         actor=actor,
         message_id=message_id,
-        change=delete,
+        decide=delete,
         directory=directory,
     )
 
@@ -189,20 +170,16 @@ async def add_reaction(
     """Add the caller's reaction; adding it twice changes nothing."""
     emoji = validate_emoji(emoji)
 
-    async def react(transaction: changes.RoomTransaction, message: MessageRow) -> None:
-        if message.deleted_at is not None:
+    def react(state: changes.MessageState) -> changes.MessageWrite | None:
+        if state.message.deleted_at is not None:
             raise BadUserInput("A deleted message takes no reactions.")
-        mine = await transaction.reactions_by(message.id, actor.id)
-        if emoji in mine:
-            return
-        if len(mine) >= MAX_REACTIONS_PER_USER:
+        if emoji in state.mine:
+            return None
+        if len(state.mine) >= MAX_REACTIONS_PER_USER:
             raise BadUserInput(
                 f"At most {MAX_REACTIONS_PER_USER} different reactions per message each."
             )
-        seq = await transaction.append(
-            REACTION_ADDED, actor_id=actor.id, at=utcnow(), message_id=message.id, detail=emoji
-        )
-        await transaction.add_reaction(message.id, user_id=actor.id, emoji=emoji, seq=seq)
+        return changes.MessageWrite(REACTION_ADDED, emoji)
 
     return await _change(
         db=db,
@@ -211,7 +188,7 @@ async def add_reaction(
         limiter=limiter,
         actor=actor,
         message_id=message_id,
-        change=react,
+        decide=react,
         directory=directory,
     )
 
@@ -230,13 +207,8 @@ async def remove_reaction(
     """Remove the caller's reaction; removing one that is not there changes nothing."""
     emoji = validate_emoji(emoji)
 
-    async def unreact(transaction: changes.RoomTransaction, message: MessageRow) -> None:
-        if emoji not in await transaction.reactions_by(message.id, actor.id):
-            return
-        await transaction.remove_reaction(message.id, user_id=actor.id, emoji=emoji)
-        await transaction.append(
-            REACTION_REMOVED, actor_id=actor.id, at=utcnow(), message_id=message.id, detail=emoji
-        )
+    def unreact(state: changes.MessageState) -> changes.MessageWrite | None:
+        return changes.MessageWrite(REACTION_REMOVED, emoji) if emoji in state.mine else None
 
     return await _change(
         db=db,
@@ -245,6 +217,6 @@ async def remove_reaction(
         limiter=limiter,
         actor=actor,
         message_id=message_id,
-        change=unreact,
+        decide=unreact,
         directory=directory,
     )

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -67,6 +67,17 @@ def _user_raw(user: UserView) -> list[str]:
 def _user(raw: list[str]) -> UserView:
     user_id, name, created = raw
     return UserView(id=uuid.UUID(user_id), name=name, created_at=datetime.fromisoformat(created))
+
+
+class SignalListener(Protocol):
+    """Whatever takes a room's signals for one subscriber (a queue, or a socket writer)."""
+
+    room_id: uuid.UUID
+    user_id: uuid.UUID
+
+    def put(self, signal: SignalView) -> None: ...
+
+    def end(self, error: BaseException | None = None) -> None: ...
 
 
 class Listener:
@@ -138,7 +149,7 @@ class Signals:
         self._sent: dict[tuple[uuid.UUID, uuid.UUID], float] = {}
         self._delayed: dict[tuple[uuid.UUID, uuid.UUID], asyncio.TimerHandle] = {}
         # Subscribers per room, each room's members, and its log channel (membership changes).
-        self._listeners: dict[uuid.UUID, set[Listener]] = {}
+        self._listeners: dict[uuid.UUID, set[SignalListener]] = {}
         self._members: dict[uuid.UUID, set[uuid.UUID]] = {}
         self._room_subscriptions: dict[uuid.UUID, Subscription] = {}
         self._subscription: Subscription | None = None
@@ -377,10 +388,17 @@ class Signals:
     # --- listening --------------------------------------------------------------------------
 
     async def listen(
-        self, *, room_id: uuid.UUID, user_id: uuid.UUID, member_ids: Iterable[uuid.UUID]
-    ) -> Listener:
-        """A subscriber of a room's signals, with the room's current state queued first."""
-        listener = Listener(room_id, user_id)
+        self,
+        *,
+        room_id: uuid.UUID,
+        user_id: uuid.UUID,
+        member_ids: Iterable[uuid.UUID],
+        listener: SignalListener | None = None,
+    ) -> SignalListener:
+        """A subscriber of a room's signals (a queue unless one is given), the room's current
+        state put first."""
+        if listener is None:
+            listener = Listener(room_id, user_id)
         members = set(member_ids)
         if room_id not in self._listeners:
             self._listeners[room_id] = set()
@@ -403,7 +421,7 @@ class Signals:
                 listener.put(SignalView(TYPING, room_id, user, on=True))
         return listener
 
-    async def unlisten(self, listener: Listener) -> None:
+    async def unlisten(self, listener: SignalListener) -> None:
         """The subscriber went away."""
         listener.end()
         listeners = self._listeners.get(listener.room_id)
@@ -485,4 +503,6 @@ async def follow_room_signals(
 ) -> Listener:
     """A subscriber of a room's signals (members only), current state first."""
     members = await room_members_for(db, user_id=user.id, room_id=room_id)
-    return await signals.listen(room_id=room_id, user_id=user.id, member_ids=members)
+    listener = Listener(room_id, user.id)
+    await signals.listen(room_id=room_id, user_id=user.id, member_ids=members, listener=listener)
+    return listener

@@ -115,12 +115,12 @@ class RoomRow:
         return [member.user_id for member in self.members]
 
 
-_MESSAGE_COLUMNS = (
+MESSAGE_COLUMNS = (
     "id, room_id, seq, sender_id, type, data, created_at, client_message_id, edited_at, deleted_at"
 )
 # A message's reactions as two parallel arrays in the order of their log seqs (the index
 # (message_id, seq) serves it): grouped by emoji in Python, in first-use order.
-_REACTION_ARRAYS = """
+REACTION_ARRAYS = """
        ARRAY(SELECT emoji FROM reactions WHERE message_id = {m}.id ORDER BY seq) AS r_emojis,
        ARRAY(SELECT user_id FROM reactions WHERE message_id = {m}.id ORDER BY seq) AS r_users
 """
@@ -136,7 +136,8 @@ def _grouped(
     return tuple((emoji, tuple(users)) for emoji, users in grouped.items())
 
 
-def _message(record: Any, prefix: str = "") -> MessageRow:
+def message_from_record(record: Any, prefix: str = "") -> MessageRow:
+    """A message from a record of MESSAGE_COLUMNS (and REACTION_ARRAYS, where selected)."""
     emojis = record.get("r_emojis")
     return MessageRow(
         id=record[prefix + "id"],
@@ -153,8 +154,8 @@ def _message(record: Any, prefix: str = "") -> MessageRow:
     )
 
 
-def _message_from_row(row: Any) -> MessageRow:
-    return _message(row._mapping)
+def message_from_row(row: Any) -> MessageRow:
+    return message_from_record(row._mapping)
 
 
 async def with_reactions(connection: Any, rows: Sequence[MessageRow]) -> list[MessageRow]:
@@ -217,7 +218,7 @@ LEFT JOIN existing e ON true
 """
 _ROOM_EXISTS = "SELECT EXISTS (SELECT 1 FROM rooms WHERE id = $1)"
 _BY_CLIENT_ID = f"""
-SELECT {_MESSAGE_COLUMNS} FROM messages
+SELECT {MESSAGE_COLUMNS} FROM messages
 WHERE room_id = $1 AND sender_id = $2 AND client_message_id = $3
 """
 
@@ -323,7 +324,7 @@ async def _append_sqlite(
                 )
             ).first()
             if row is not None:
-                return Appended(_message_from_row(row), False, members)
+                return Appended(message_from_row(row), False, members)
         seq = (
             await connection.execute(
                 update(ROOMS)
@@ -379,7 +380,7 @@ async def message_by_client_id(
     """The sender's message with this clientMessageId in the room, if any."""
     if db.pg is not None:
         record = await db.pg.fetchrow(_BY_CLIENT_ID, room_id, sender_id, client_message_id)
-        return _message(record) if record is not None else None
+        return message_from_record(record) if record is not None else None
     async with db.read() as connection:
         row = (
             await connection.execute(
@@ -390,7 +391,7 @@ async def message_by_client_id(
                 )
             )
         ).first()
-    return _message_from_row(row) if row is not None else None
+    return message_from_row(row) if row is not None else None
 
 
 # --- rooms and membership -----------------------------------------------------------------------
@@ -553,9 +554,9 @@ async def left_at(
 
 # Membership, the room's position and one keyset page in one round trip. The room row always
 # comes back (with NULL message columns when the page is empty); no row means no such room.
-_PAGE_COLUMNS = ", ".join(f"m.{name}" for name in _MESSAGE_COLUMNS.split(", "))
+_PAGE_COLUMNS = ", ".join(f"m.{name}" for name in MESSAGE_COLUMNS.split(", "))
 _PAGE_FORWARD = f"""
-SELECT r.last_seq, r.is_member, {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
+SELECT r.last_seq, r.is_member, {_PAGE_COLUMNS}, {REACTION_ARRAYS.format(m="m")}
 FROM (
     SELECT last_seq, EXISTS (
         SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
@@ -563,7 +564,7 @@ FROM (
     FROM rooms WHERE id = $1
 ) AS r
 LEFT JOIN LATERAL (
-    SELECT {_MESSAGE_COLUMNS} FROM messages
+    SELECT {MESSAGE_COLUMNS} FROM messages
     WHERE r.is_member AND messages.room_id = $1 AND messages.seq > $3 AND messages.seq < $4
     ORDER BY messages.seq ASC LIMIT $5
 ) AS m ON true
@@ -592,7 +593,7 @@ async def page(
         if not records:
             return None, []
         where = Position(records[0]["last_seq"], records[0]["is_member"])
-        return where, [_message(r) for r in records if r["id"] is not None]
+        return where, [message_from_record(r) for r in records if r["id"] is not None]
     found = await position(db, room_id=room_id, user_id=user_id)
     if found is None or not found.is_member or not size:
         return found, []
@@ -606,7 +607,7 @@ async def page(
                 .limit(size)
             )
         ).all()
-        return found, await with_reactions(connection, [_message_from_row(r) for r in rows])
+        return found, await with_reactions(connection, [message_from_row(r) for r in rows])
 
 
 # The log: entries with their messages as they are now.
@@ -615,13 +616,13 @@ _EVENT_COLUMNS = (
     "e.message_id, e.member_id, e.detail"
 )
 _EVENTS_AFTER = f"""
-SELECT {_EVENT_COLUMNS}, {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
+SELECT {_EVENT_COLUMNS}, {_PAGE_COLUMNS}, {REACTION_ARRAYS.format(m="m")}
 FROM room_events e LEFT JOIN messages m ON m.id = e.message_id AND e.kind IN ('posted', 'edited')
 WHERE e.room_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq LIMIT $4
 """
 _EVENTS_PAGE_FORWARD = f"""
 SELECT r.last_seq, r.is_member, {_EVENT_COLUMNS}, {_PAGE_COLUMNS},
-       {_REACTION_ARRAYS.format(m="m")}
+       {REACTION_ARRAYS.format(m="m")}
 FROM (
     SELECT last_seq, EXISTS (
         SELECT 1 FROM room_members WHERE room_id = $1 AND user_id = $2
@@ -651,7 +652,7 @@ def _event(record: Any) -> EventRow:
         message_id=record["message_id"],
         member_id=record["member_id"],
         detail=record["detail"],
-        message=_message(record) if record["id"] is not None else None,
+        message=message_from_record(record) if record["id"] is not None else None,
     )
 
 
@@ -668,7 +669,7 @@ def _events_sqlite() -> Select[Any]:
 async def _event_rows_sqlite(connection: Any, query: Select[Any]) -> list[EventRow]:
     rows = (await connection.execute(query)).all()
     messages = await with_reactions(
-        connection, [_message_from_row(row) for row in rows if row.id is not None]
+        connection, [message_from_row(row) for row in rows if row.id is not None]
     )
     by_id = {message.id: message for message in messages}
     return [
@@ -763,11 +764,11 @@ SELECT r.id AS r_id, r.kind, r.name AS r_name, r.last_seq AS r_last_seq,
              ORDER BY user_id) AS member_joined_seq,
        ARRAY(SELECT read_seq FROM room_members WHERE room_id = r.id
              ORDER BY user_id) AS member_read_seq,
-       {_PAGE_COLUMNS}, {_REACTION_ARRAYS.format(m="m")}
+       {_PAGE_COLUMNS}, {REACTION_ARRAYS.format(m="m")}
 """
 _LAST_MESSAGE = f"""
 LEFT JOIN LATERAL (
-    SELECT {_MESSAGE_COLUMNS} FROM messages
+    SELECT {MESSAGE_COLUMNS} FROM messages
     WHERE messages.room_id = r.id AND messages.deleted_at IS NULL
     ORDER BY messages.seq DESC LIMIT 1
 ) AS m ON true
@@ -819,7 +820,7 @@ def _room(record: Any) -> RoomRow:
                 key=lambda member: (member[0], member[1], member[2]),
             )
         ],
-        last_message=_message(record) if record["id"] is not None else None,
+        last_message=message_from_record(record) if record["id"] is not None else None,
     )
 
 
@@ -903,7 +904,7 @@ async def _sqlite_room_rows(
             )
         )
     ).all()
-    for message in await with_reactions(connection, [_message_from_row(r) for r in rows]):
+    for message in await with_reactions(connection, [message_from_row(r) for r in rows]):
         last[message.room_id] = message
     return [
         RoomRow(

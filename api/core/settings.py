@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     pbkdf2_iterations: int = Field(default=600_000, ge=1)
     session_ttl: timedelta = timedelta(days=3)
     graphiql: bool | None = None
+    # The chat web client (web/) at `/`: on in development, off in production unless set.
+    web_client: bool | None = None
     message_max_length: int = Field(default=4000, ge=1)
     max_room_members: int = Field(default=1000, ge=2)
     presence_timeout: float = Field(default=20.0, gt=0, le=30)
@@ -146,6 +148,10 @@ class Settings(BaseSettings):
     @property
     def graphiql_enabled(self) -> bool:
         return (not self.is_production) if self.graphiql is None else self.graphiql
+
+    @property
+    def web_client_enabled(self) -> bool:
+        return (not self.is_production) if self.web_client is None else self.web_client
 
     @property
     def cookie_name(self) -> str:

@@ -353,3 +353,37 @@ async def test_a_slow_subscriber_loses_its_oldest_signals_not_the_server_s_memor
     first = await listener.get()
     assert first is not None and first.seq == 10
     assert listener.dropped == 10
+
+
+async def test_room_signals_are_written_by_the_hub_and_also_work_through_strawberry(
+    server: RunningServer, sign_up: SignUp
+) -> None:
+    alice, bob, room_id = await direct(sign_up)
+    hub = server.app.state.chat.hub
+    # A fragment at the root keeps the operation with strawberry (a queue per subscriber);
+    # the plain document is served by the hub's writer.
+    body = SIGNALS[SIGNALS.index("roomSignals") : SIGNALS.rindex("}")]
+    with_fragment = (
+        f"subscription Signals($roomId: ID!) {{ ...S }}\nfragment S on Subscription {{ {body} }}"
+    )
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=alice.session_cookie) as socket:
+        before = hub.signal_sinks
+        served = await socket.subscribe(SIGNALS, {"roomId": room_id})
+        queued = await socket.subscribe(with_fragment, {"roomId": room_id})
+        for stream in (served, queued):
+            assert summary(await signal(stream)) == ("Presence", name_of(alice), True)
+        assert hub.signal_sinks == before + 1
+        await bob.data(TYPING, {"roomId": room_id, "typing": True})
+        for stream in (served, queued):
+            assert summary(await signal(stream)) == ("Typing", name_of(bob), True)
+        await served.stop()
+        await asyncio.wait_for(_until_signal_sinks(hub, before), 5)
+    assert hub.signal_sinks == before
+
+
+async def _until_signal_sinks(hub: Any, count: int) -> None:
+    while hub.signal_sinks != count:
+        event = hub.changes.event
+        if hub.signal_sinks == count:
+            return
+        await event.wait()
