@@ -125,6 +125,16 @@ def _build_state(
     return state
 
 
+def _log_effective_settings(settings: Settings) -> None:
+    """One line at start with every setting as it takes effect, secrets masked."""
+    masked = settings.masked()
+    log.info(
+        "effective settings: %s",
+        " ".join(f"{name}={value}" for name, value in masked.items()),
+        extra={"fields": {"settings": masked}},
+    )
+
+
 def create_app(
     settings: Settings | None = None, *, run_migrations: bool | None = None
 ) -> Starlette:
@@ -137,15 +147,10 @@ def create_app(
     settings.check()
     if run_migrations is None:
         run_migrations = settings.uses_embedded_database
-    masked = settings.masked()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        log.info(
-            "effective settings: %s",
-            " ".join(f"{name}={value}" for name, value in masked.items()),
-            extra={"fields": {"settings": masked}},
-        )
+        _log_effective_settings(settings)
         url = settings.effective_database_url
         if run_migrations:
             await migrate(url)
