@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-postgres lint format schema bench audit clean
+.PHONY: install serve test test-postgres test-cluster lint format schema bench audit clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (python3 on PATH)"; exit 1; }
@@ -30,6 +30,11 @@ test-postgres: install
 	TEST_DATABASE_URL=$${TEST_DATABASE_URL:-postgresql+asyncpg://postgres@127.0.0.1:5432/postgres} \
 	TEST_BROADCAST_URL=$${TEST_BROADCAST_URL:-redis://127.0.0.1:6379/0} \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## README "Several instances" for real: scripts/run-cluster.sh (PostgreSQL, Redis, 2 instances,
+## nginx, installed with apt-get if missing), one instance killed, clients resume through the other.
+test-cluster: install
+	RUN_CLUSTER_TEST=1 $(BIN)/python -m pytest tests/test_cluster.py $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -134,6 +134,57 @@ def _build_state(
     return state
 
 
+def _log_effective_settings(settings: Settings) -> None:
+    """One line at start with every setting as it takes effect, secrets masked."""
+    masked = settings.masked()
+    log.info(
+        "effective settings: %s",
+        " ".join(f"{name}={value}" for name, value in masked.items()),
+        extra={"fields": {"settings": masked}},
+    )
+
+
+def _start_background(state: AppState) -> list[asyncio.Task[None]]:
+    """The app's background work: session notices, the session registry, the purge."""
+    settings = state.settings
+    return [
+        asyncio.create_task(
+            users.watch_session_changes(pubsub=state.pubsub, sessions=state.sessions),
+            name="session-notices",
+        ),
+        asyncio.create_task(state.session_registry.run(), name="session-registry"),
+        asyncio.create_task(
+            users.purge_sessions_forever(
+                db=state.db,
+                pubsub=state.pubsub,
+                interval=settings.session_purge_interval,
+                done=state.sessions_purged,
+            ),
+            name="session-purge",
+        ),
+    ]
+
+
+async def _stop(state: AppState, tasks: list[asyncio.Task[None] | None]) -> None:
+    """Shut down in order: what is committed gets published and written before the
+    connections go away."""
+    # Sends already committed are published before pub/sub goes away.
+    await state.unfinished.drain()
+    await state.hub.stop()
+    await state.signals.stop()
+    # Read positions taken but not yet written are written now.
+    await state.reads.flush()
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    await state.session_registry.close()
+    await state.limiter.close()
+    await state.pubsub.disconnect()
+    await state.db.dispose()
+
+
 def create_app(
     settings: Settings | None = None, *, run_migrations: bool | None = None
 ) -> Starlette:
@@ -149,6 +200,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _log_effective_settings(settings)
         url = settings.effective_database_url
         if run_migrations:
             await migrate(url)
@@ -169,22 +221,7 @@ def create_app(
         state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
         state.hub.start()
         await state.signals.start()
-        background = [
-            asyncio.create_task(
-                users.watch_session_changes(pubsub=pubsub, sessions=state.sessions),
-                name="session-notices",
-            ),
-            asyncio.create_task(state.session_registry.run(), name="session-registry"),
-            asyncio.create_task(
-                users.purge_sessions_forever(
-                    db=db,
-                    pubsub=pubsub,
-                    interval=settings.session_purge_interval,
-                    done=state.sessions_purged,
-                ),
-                name="session-purge",
-            ),
-        ]
+        background = _start_background(state)
         # Everything alive now (modules, schema, pools) lives as long as the process: move it
         # out of the collector's generations, so full collections scan only per-socket state.
         gc.collect()
@@ -196,23 +233,10 @@ def create_app(
         try:
             yield
         finally:
-            # Sends already committed are published before pub/sub goes away.
-            await state.unfinished.drain()
-            await state.hub.stop()
-            await state.signals.stop()
-            # Read positions taken but not yet written are written now.
-            await state.reads.flush()
-            for task in [*background, collector]:
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            await state.session_registry.close()
-            await limiter.close()
-            await pubsub.disconnect()
-            await db.dispose()
+            await _stop(state, [*background, collector])
 
     # The app factory is the one place in api/ that mounts the GraphQL layer.
+    from schema.access import AccessLoggedEndpoint
     from schema.http import GraphQLHTTPEndpoint
     from schema.view import create_view
 
@@ -245,6 +269,6 @@ def create_app(
         Middleware(GraphQLRequestGuardMiddleware, graphiql=settings.graphiql_enabled),
     ]
     app = ChatApp(routes=routes, middleware=middleware, lifespan=lifespan)
-    app.graphql_post = endpoint
+    app.graphql_post = AccessLoggedEndpoint(endpoint)
     app.graphql_ws = view
     return app

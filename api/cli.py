@@ -1,15 +1,28 @@
-"""The `chat-backend` command: serve, migrate, export-schema."""
+"""The `chat-backend` command: serve, migrate, export-schema, and the admin commands (user
+disable/enable, sessions revoke, stats)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
+import asyncio
+import dataclasses
+import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from api import admin
+from api.core import logs
+from api.core.errors import NotFound
 from api.core.settings import ConfigurationError, Settings
+
+if TYPE_CHECKING:
+    from api.core.db import Database
+    from api.core.pubsub import PubSub
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -43,6 +56,9 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         reload=args.reload,
         log_level=args.log_level,
+        # The process's one logging setup (text or JSON), in every worker too; --log-level
+        # warning also silences the access log.
+        log_config=logs.dict_config(settings.log_format, level=args.log_level),
         **uvicorn_options(settings),
     )
     return 0
@@ -60,6 +76,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn's sans-I/O protocol, opened up for the delivery hub's direct writes.
         "ws": ChatWebSocketProtocol,
         "lifespan": "on",
+        # The access log is the app's (schema.access): a line per GraphQL operation, with
+        # its type, name, outcome and user, where uvicorn's says `POST /graphql 200` (and
+        # would print a GraphiQL share link's query string).
+        "access_log": False,
         "proxy_headers": True,
         "ws_max_size": settings.ws_max_message_bytes or 16 * 1024 * 1024,
         # Off by default: deflate costs about 50 KiB of memory per socket.
@@ -101,6 +121,89 @@ def _export_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_format() -> logs.LogFormat:
+    try:
+        return Settings().log_format
+    except ValidationError:
+        # The command itself reports the bad setting; its words should be readable.
+        return "text"
+
+
+def _admin(command: Callable[[Database, PubSub], Awaitable[int]], *, tells: bool = False) -> int:
+    """Run an admin command against DATABASE_URL, reaching running instances through
+    BROADCAST_URL (when it `tells` them something); a NotFound is a message and exit status 1."""
+    from api.core.db import Database
+    from api.core.pubsub import PubSub
+
+    settings = Settings()
+    if tells and not settings.broadcast_url.startswith(("redis://", "rediss://")):
+        print(
+            "chat-backend: BROADCAST_URL is not Redis, so running servers are not told: they "
+            "see the change within SESSION_CACHE_TTL (requests) and a third of "
+            "SESSION_VERIFY_TIMEOUT (sockets).",
+            file=sys.stderr,
+        )
+
+    async def run() -> int:
+        db = Database(settings.effective_database_url, pool_size=2)
+        await db.start()
+        pubsub = PubSub(settings.broadcast_url)
+        await pubsub.connect()
+        try:
+            return await command(db, pubsub)
+        except NotFound as error:
+            print(f"chat-backend: {error.message}", file=sys.stderr)
+            return 1
+        finally:
+            await pubsub.disconnect()
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def _user_disable(args: argparse.Namespace) -> int:
+    async def command(db: Database, pubsub: PubSub) -> int:
+        revoked = await admin.disable_user(db=db, pubsub=pubsub, name=args.name)
+        print(f"disabled {args.name}; revoked {revoked} session(s)")
+        return 0
+
+    return _admin(command, tells=True)
+
+
+def _user_enable(args: argparse.Namespace) -> int:
+    async def command(db: Database, pubsub: PubSub) -> int:
+        changed = await admin.enable_user(db=db, name=args.name)
+        print(f"enabled {args.name}" if changed else f"{args.name} was not disabled")
+        return 0
+
+    return _admin(command)
+
+
+def _sessions_revoke(args: argparse.Namespace) -> int:
+    async def command(db: Database, pubsub: PubSub) -> int:
+        revoked = await admin.revoke_sessions(
+            db=db, pubsub=pubsub, name=args.user, keep_newest=args.all_but_newest
+        )
+        kept = " (kept the newest)" if args.all_but_newest else ""
+        print(f"revoked {revoked} session(s) of {args.user}{kept}")
+        return 0
+
+    return _admin(command, tells=True)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    async def command(db: Database, pubsub: PubSub) -> int:
+        counts = dataclasses.asdict(await admin.stats(db=db))
+        if args.json:
+            print(json.dumps(counts))
+        else:
+            for name, value in counts.items():
+                print(f"{name}: {value}")
+        return 0
+
+    return _admin(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = argparse.ArgumentParser(prog="chat-backend", description=__doc__)
@@ -122,10 +225,34 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("output", nargs="?", default="schema.graphql")
     export.set_defaults(handler=_export_schema)
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    user = commands.add_parser("user", help="disable or enable an account")
+    user_actions = user.add_subparsers(dest="action", required=True)
+    disable = user_actions.add_parser(
+        "disable", help="refuse sign-in and revoke every session (sockets close with 4401)"
     )
+    disable.add_argument("name")
+    disable.set_defaults(handler=_user_disable)
+    enable = user_actions.add_parser("enable", help="let a disabled account sign in again")
+    enable.add_argument("name")
+    enable.set_defaults(handler=_user_enable)
+
+    sessions = commands.add_parser("sessions", help="revoke sessions (a stolen device)")
+    session_actions = sessions.add_subparsers(dest="action", required=True)
+    revoke = session_actions.add_parser("revoke", help="revoke a user's sessions")
+    revoke.add_argument("--user", required=True, metavar="NAME")
+    revoke.add_argument(
+        "--all-but-newest", action="store_true", help="keep the most recently signed-in one"
+    )
+    revoke.set_defaults(handler=_sessions_revoke)
+
+    stats = commands.add_parser(
+        "stats", help="users, rooms, messages, and sessions live now and in the last 24 h"
+    )
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.set_defaults(handler=_stats)
+
+    args = parser.parse_args(argv)
+    logs.configure(_log_format())
     result: int = args.handler(args)
     return result
 

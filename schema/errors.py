@@ -9,6 +9,7 @@ from graphql import GraphQLError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 
 from api.core.errors import DomainError
+from api.core.logs import correlation_id as current_correlation_id
 
 log = logging.getLogger("chat.errors")
 
@@ -31,7 +32,8 @@ def format_errors(errors: list[GraphQLError]) -> None:
             # Syntax, validation and variable-coercion errors are the client's to fix.
             error.extensions = {"code": "GRAPHQL_VALIDATION_FAILED", **(error.extensions or {})}
             continue
-        correlation_id = uuid.uuid4().hex
+        # The request's own id, which every other line of the request carries too.
+        correlation_id = current_correlation_id.get() or uuid.uuid4().hex
         log.error(
             "internal error %s at %s",
             correlation_id,

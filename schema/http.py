@@ -27,7 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.core.logs import correlation_id as current_correlation_id
 from api.state import AppState
+from schema.access import note_operation, note_response
 from schema.context import Context
 from schema.documents import is_subscription
 from schema.errors import INTERNAL_MESSAGE, format_errors
@@ -193,7 +195,7 @@ class GraphQLHTTPEndpoint:
         except Exception:
             # A bug outside any resolver (those are masked per field): masked here too, never
             # a dropped connection or a traceback for the client.
-            correlation_id = uuid.uuid4().hex
+            correlation_id = current_correlation_id.get() or uuid.uuid4().hex
             log.exception("internal error %s outside execution", correlation_id)
             extensions = {"code": "INTERNAL_SERVER_ERROR", "correlationId": correlation_id}
             failed = {"errors": [{"message": INTERNAL_MESSAGE, "extensions": extensions}]}
@@ -278,6 +280,7 @@ class GraphQLHTTPEndpoint:
             state=state,
             http_credential=_credential(head, state.settings.cookie_name),
         )
+        note_operation(operation, context)
         document = prepared.document
         assert document is not None
         roots = prepared.roots
@@ -359,6 +362,7 @@ async def _respond(
     cookies: Response,
     extra: list[tuple[bytes, bytes]],
 ) -> None:
+    note_response(payload)
     body = _encode(payload)
     media = GRAPHQL_RESPONSE_JSON if modern else APPLICATION_JSON
     headers = [

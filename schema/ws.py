@@ -24,6 +24,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from schema.access import AccessLogged
 from schema.context import Context
 from schema.hub import LEGACY_WS, TRANSPORT_WS, current_operation
 from schema.subscriptions import HubOperations, HubRequest, hub_operation
@@ -73,7 +74,7 @@ def _invalid_operation(kind: str, payload: Any) -> str | None:
     return None
 
 
-class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(AccessLogged, BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws (the graphql-ws library's protocol)."""
 
     async def handle_message(self, message: Any) -> None:
@@ -133,7 +134,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.hub_operations.close()
 
 
-class LegacyWSHandler(BaseGraphQLWSHandler[Context, None]):
+class LegacyWSHandler(AccessLogged, BaseGraphQLWSHandler[Context, None]):
     """graphql-ws (subscriptions-transport-ws, the legacy protocol).
 
     Held to the rules of graphql-transport-ws where strawberry's legacy handler has none: a

@@ -10,7 +10,8 @@ from datetime import timedelta
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -44,6 +45,16 @@ def parse_rates(text: str) -> list[tuple[int, float]]:
         count, period, unit = match.groups()
         rates.append((int(count), float(period) * _UNIT_SECONDS[unit or "s"]))
     return rates
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password (if any) replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class ConfigurationError(RuntimeError):
@@ -100,6 +111,8 @@ class Settings(BaseSettings):
     # A socket whose client stops reading is closed (1013) after being this long behind.
     ws_behind_limit: float = Field(default=30.0, gt=0)
     ws_per_message_deflate: bool = False
+    # `json`: one JSON object per log line (api.core.logs), for log collectors.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -201,6 +214,31 @@ class Settings(BaseSettings):
             path,
         )
         return value
+
+    def masked(self) -> dict[str, Any]:
+        """Every setting as it takes effect, with secrets masked: safe to log."""
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value: Any = getattr(self, name)
+            if name == "secret_key":
+                # Never the secret itself, not even a part of it.
+                value = "***" if value else "(generated, in DATA_DIR)"
+            elif name == "database_url":
+                value = mask_url(self.effective_database_url)
+            elif name == "broadcast_url":
+                value = mask_url(value)
+            elif name == "cookie_secure":
+                value = self.effective_cookie_secure
+            elif name == "graphiql":
+                value = self.graphiql_enabled
+            elif isinstance(value, timedelta):
+                value = value.total_seconds()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            elif isinstance(value, Path | StrEnum):
+                value = str(value)
+            values[name.upper()] = value
+        return values
 
     def check(self) -> None:
         """Fail fast, with a clear message, on a configuration that cannot run."""

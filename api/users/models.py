@@ -29,6 +29,10 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
+    # Set by `chat-backend user disable`: the account may not sign in (migration 0009).
+    disabled_at: datetime | None = Field(
+        default=None, sa_column=Column(UTCDateTime(), nullable=True)
+    )
 
 
 class UserSession(SQLModel, table=True):

@@ -15,7 +15,7 @@ from typing import Any
 
 from api.core import security
 from api.core.db import Database, utcnow
-from api.core.errors import BadUserInput, Conflict, Unauthenticated
+from api.core.errors import BadUserInput, Conflict, Forbidden, Unauthenticated
 from api.core.pubsub import RESYNC, PubSub, Subscription
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
@@ -39,6 +39,7 @@ from api.users.views import Authenticated, SessionRecord, UserView
 log = logging.getLogger(__name__)
 
 SESSION_ENDED = "Your session has ended; sign in again."
+ACCOUNT_DISABLED = "account disabled: an operator has disabled this account."
 NAME_TAKEN = "That name is taken, or looks too much like one that is."
 
 
@@ -214,7 +215,9 @@ async def sign_in(
         # The iteration count was raised since this hash was made: upgrade it now.
         new_hash = await hasher.hash(password, iterations=iterations)
     session = _new_session(user.id, ttl=ttl, user_agent=user_agent)
-    await store.add_session(db, session=session, new_password_hash=new_hash)
+    if not await store.add_session(db, session=session, new_password_hash=new_hash):
+        # Told only to whoever knows the password: the check runs after it.
+        raise Forbidden(ACCOUNT_DISABLED)
     return _issue(user, session, keys=keys)
 
 

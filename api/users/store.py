@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from api.core.db import Database
@@ -186,9 +186,21 @@ async def create_user(
 
 async def add_session(
     db: Database, *, session: SessionRecord, new_password_hash: str | None = None
-) -> None:
-    """Store a new session, and the upgraded password hash if there is one."""
+) -> bool:
+    """Store a new session, and the upgraded password hash if there is one; False (and nothing
+    stored) when the account is disabled."""
     async with db.write() as connection:
+        # FOR SHARE on PostgreSQL: a concurrent disable waits for this transaction, then revokes
+        # the session it adds (SQLite runs one writer at a time anyway).
+        enabled = (
+            await connection.execute(
+                select(USERS.c.id)
+                .where(USERS.c.id == session.user_id, USERS.c.disabled_at.is_(None))
+                .with_for_update(read=True)
+            )
+        ).first()
+        if enabled is None:
+            return False
         if new_password_hash is not None:
             await connection.execute(
                 update(USERS)
@@ -196,6 +208,7 @@ async def add_session(
                 .values(password_hash=new_password_hash)
             )
         await connection.execute(SESSIONS.insert().values(**_session_values(session)))
+    return True
 
 
 async def revoke_session(db: Database, *, session_id: uuid.UUID, at: datetime) -> None:
@@ -300,3 +313,47 @@ async def delete_ended_sessions(db: Database, *, now: datetime) -> list[uuid.UUI
             )
         ).all()
     return [row.id for row in rows]
+
+
+async def set_disabled(db: Database, *, user_id: uuid.UUID, at: datetime | None) -> bool:
+    """Disable the account from `at` on (None: enable it); whether anything changed."""
+    already = USERS.c.disabled_at.is_(None) if at is not None else USERS.c.disabled_at.is_not(None)
+    async with db.write() as connection:
+        result = await connection.execute(
+            update(USERS).where(USERS.c.id == user_id, already).values(disabled_at=at)
+        )
+    return bool(result.rowcount)
+
+
+async def is_disabled(db: Database, *, user_id: uuid.UUID) -> bool:
+    """Whether the account is disabled."""
+    async with db.read() as connection:
+        row = (
+            await connection.execute(select(USERS.c.disabled_at).where(USERS.c.id == user_id))
+        ).first()
+    return row is not None and row.disabled_at is not None
+
+
+async def count_users(db: Database) -> int:
+    """How many accounts there are."""
+    async with db.read() as connection:
+        return int((await connection.execute(select(func.count()).select_from(USERS))).scalar_one())
+
+
+async def count_sessions(db: Database, *, live_at: datetime, since: datetime) -> tuple[int, int]:
+    """Sessions live at `live_at`, and sessions live at some moment since `since` (of those
+    not yet purged)."""
+    live = (SESSIONS.c.revoked_at.is_(None)) & (SESSIONS.c.expires_at > live_at)
+    recent = (SESSIONS.c.revoked_at.is_(None) | (SESSIONS.c.revoked_at > since)) & (
+        SESSIONS.c.expires_at > since
+    )
+    async with db.read() as connection:
+        row = (
+            await connection.execute(
+                select(
+                    func.count().filter(live).label("live"),
+                    func.count().filter(recent).label("recent"),
+                ).select_from(SESSIONS)
+            )
+        ).one()
+    return int(row.live), int(row.recent)

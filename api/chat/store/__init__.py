@@ -19,6 +19,7 @@ from api.chat.store.history import (
 from api.chat.store.rooms import (
     ROOMS_AFTER,
     ROOMS_FIRST,
+    count_rooms_and_messages,
     room,
     rooms_of,
     rooms_of_sqlite,
@@ -76,6 +77,7 @@ __all__ = [
     "Position",
     "RoomRow",
     "append_message",
+    "count_rooms_and_messages",
     "direct_room",
     "ensure_direct_room",
     "events_after",

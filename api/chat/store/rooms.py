@@ -274,3 +274,13 @@ async def unread_counts(
     async with db.read() as connection:
         rows = (await connection.execute(query)).all()
     return {row.room_id: row.unread for row in rows}
+
+
+async def count_rooms_and_messages(db: Database) -> tuple[int, int]:
+    """How many rooms and messages (deleted ones included: they stay as tombstones)."""
+    async with db.read() as connection:
+        rooms = (await connection.execute(select(func.count()).select_from(ROOMS))).scalar_one()
+        messages = (
+            await connection.execute(select(func.count()).select_from(MESSAGES))
+        ).scalar_one()
+    return int(rooms), int(messages)
