@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
 import strawberry
 
+from api.core.errors import BadUserInput
 from api.users import service as users
 from api.users.views import SessionRecord, UserView
 from schema.context import Info
@@ -126,6 +128,32 @@ class UsersMutation:
             db=state.db, pubsub=state.pubsub, sessions=state.sessions, session_id=auth.session.id
         )
         info.context.forget_auth()
+        return True
+
+    @strawberry.mutation(
+        description=(
+            "Revokes one of the signed-in user's sessions (a lost or stolen device): its "
+            "tokens stop working and its sockets close at once, on every server. Revoking "
+            "the current session also clears its cookie, as signOut does."
+        )
+    )
+    async def revoke_session(self, info: Info, id: strawberry.ID) -> bool:
+        auth = await info.context.require_auth()
+        try:
+            session_id = uuid.UUID(str(id))
+        except ValueError as error:
+            raise BadUserInput("Malformed session id.") from error
+        state = info.context.state
+        await users.revoke_session(
+            db=state.db,
+            user_id=auth.user.id,
+            session_id=session_id,
+            pubsub=state.pubsub,
+            sessions=state.sessions,
+        )
+        if session_id == auth.session.id:
+            info.context.clear_session_cookie()
+            info.context.forget_auth()
         return True
 
     @strawberry.mutation(

@@ -15,7 +15,7 @@ from typing import Any
 
 from api.core import security
 from api.core.db import Database, utcnow
-from api.core.errors import BadUserInput, Conflict, Forbidden, Unauthenticated
+from api.core.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from api.core.pubsub import RESYNC, PubSub, Subscription
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys, TokenClaims
@@ -305,6 +305,23 @@ async def sign_out(
     if sessions is not None:
         sessions.drop(session_id)
     await _announce(pubsub, session_id, SESSION_REVOKED)
+
+
+async def revoke_session(
+    *,
+    db: Database,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    pubsub: PubSub | None = None,
+    sessions: SessionCache | None = None,
+) -> None:
+    """Revoke one of the user's live sessions (a lost or stolen device): as sign-out does,
+    on every instance. NOT_FOUND unless it is one of theirs and still live (another user's
+    session is not told apart from none, so ids cannot be probed)."""
+    live = await store.active_sessions(db, user_id=user_id, now=utcnow())
+    if not any(session.id == session_id for session in live):
+        raise NotFound("No such session.")
+    await sign_out(db=db, session_id=session_id, pubsub=pubsub, sessions=sessions)
 
 
 async def refresh_session(

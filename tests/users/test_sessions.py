@@ -3,6 +3,7 @@ signOut; broken cookies; the sessions list."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -406,3 +407,32 @@ async def test_sessions_without_a_session_is_unauthenticated(client: GraphQLClie
     _, body = await exchange(client.http, SESSIONS)
     assert error_code(body) == "UNAUTHENTICATED"
     assert body["data"] is None
+
+
+REVOKE = "mutation Revoke($id: ID!) { revokeSession(id: $id) }"
+
+
+async def test_revoking_another_device_ends_it_on_http_and_websocket_at_once(
+    server: Any, make_client: Callable[[], GraphQLClient]
+) -> None:
+    from tests.support import INBOX, GraphQLWebSocket
+
+    laptop, phone, stranger = make_client(), make_client(), make_client()
+    name = (await laptop.sign_up())["name"]
+    await phone.sign_in(name)
+    await stranger.sign_up()
+    sessions = (await laptop.data(SESSIONS))["sessions"]
+    (phone_session,) = [s["id"] for s in sessions if not s["current"]]
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=phone.session_cookie) as socket:
+        await socket.subscribe(INBOX)
+        # Nobody else can revoke it (not told apart from no such session).
+        error = await stranger.error(REVOKE, {"id": phone_session})
+        assert error["extensions"]["code"] == "NOT_FOUND"
+        assert (await laptop.data(REVOKE, {"id": phone_session}))["revokeSession"] is True
+        closed = await asyncio.wait_for(asyncio.shield(socket.closed), 5)
+        assert closed.code == 4401
+    assert (await phone.post(ME))["data"]["me"] is None
+    assert (await laptop.data(ME))["me"]["name"] == name
+    again = await laptop.error(REVOKE, {"id": phone_session})
+    assert again["extensions"]["code"] == "NOT_FOUND"
+    assert (await laptop.error(REVOKE, {"id": "nope"}))["extensions"]["code"] == "BAD_USER_INPUT"

@@ -12,6 +12,8 @@ export const SIGN_IN = `mutation SignIn($name: String!, $password: String!) {
 }`;
 
 export const SIGN_OUT = `mutation SignOut { signOut }`;
+// Revokes another of your sessions (a lost device); signOut is for this one.
+export const REVOKE_SESSION = `mutation RevokeSession($id: ID!) { revokeSession(id: $id) }`;
 
 // Replaces the session's token (new cookie, new expiry); open sockets keep running.
 export const REFRESH = `mutation Refresh { refreshToken { user { id name } expiresAt } }`;
