@@ -177,6 +177,15 @@ async def test_reactions_are_idempotent_in_first_use_order_and_me_is_per_viewer(
         {"emoji": "🎉", "count": 1, "me": True},
         {"emoji": "👍", "count": 2, "me": True},
     ]
+    # The room list and the room show them the same, in the same order.
+    listed = await alice.data(
+        "query { rooms { edges { node { lastMessage { reactions { emoji count me } } } } } }"
+    )
+    (edge,) = listed["rooms"]["edges"]
+    assert edge["node"]["lastMessage"]["reactions"] == [
+        {"emoji": "🎉", "count": 1, "me": False},
+        {"emoji": "👍", "count": 2, "me": True},
+    ]
     gone = (await bob.data(UNREACT, {"id": sent["id"], "emoji": "🎉"}))["removeReaction"]
     nothing = (await bob.data(UNREACT, {"id": sent["id"], "emoji": "🎉"}))["removeReaction"]
     assert gone["reactions"] == nothing["reactions"] == [{"emoji": "👍", "count": 2, "me": True}]

@@ -159,12 +159,7 @@ async def test_rooms_with_unread_counts_for_20_rooms_take_at_most_2_statements(
     reads = [s for s, _ in statements if not s.lstrip().upper().startswith(("BEGIN", "COMMIT"))]
     unread = [s for s in reads if "unread" in s]
     assert len(unread) == 1, reads  # every room's count in one statement
-    if db.pg is not None:
-        assert len(reads) == 2, reads  # the page of rooms, and their counts
-    else:
-        # SQLite reads a page's rooms, members, last messages and their reactions in one
-        # statement each (in-process calls, no round trips): as many for 20 rooms as for 1.
-        assert len(reads) == 5, reads
+    assert len(reads) == 2, reads  # the page of rooms, and their counts
 
 
 async def test_a_burst_of_mark_reads_writes_at_most_once_a_second_and_the_last_wins(

@@ -4,10 +4,10 @@ unread counts."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Select, Uuid, and_, func, literal, select, tuple_, union_all, update
 
 from api.chat.store.rows import (
@@ -16,13 +16,13 @@ from api.chat.store.rows import (
     MESSAGE_COLUMNS,
     MESSAGES,
     REACTION_ARRAYS,
+    REACTIONS,
     ROOMS,
     MemberRow,
     MessageRow,
     RoomRow,
+    grouped,
     message_from_record,
-    message_from_row,
-    with_reactions,
 )
 from api.core.db import Database
 
@@ -120,8 +120,52 @@ async def rooms_of(
             records = await db.pg.fetch(ROOMS_AFTER, user_id, limit, *after)
         return [_room(r) for r in records]
     async with db.read() as connection:
-        rooms = (await connection.execute(rooms_of_sqlite(user_id, after, limit))).all()
-        return await _sqlite_room_rows(connection, rooms, per_member=True)
+        rows = (await connection.execute(rooms_of_sqlite(user_id, after, limit))).all()
+    return [_sqlite_room(row, per_member=True) for row in rows]
+
+
+def _room_select_sqlite() -> Select[Any]:
+    """A room with its members and its newest message that is not deleted, in one statement
+    on SQLite: the members and the message's reactions come as JSON arrays (with their seqs:
+    the order is put right in Python, as SQLite 3.40's json_group_array takes no ORDER BY)."""
+    members = MEMBERS.alias("members_of")
+    reactions = REACTIONS.alias("reactions_of")
+    newest = (
+        select(func.max(MESSAGES.c.seq))
+        .where(MESSAGES.c.room_id == ROOMS.c.id, MESSAGES.c.deleted_at.is_(None))
+        .scalar_subquery()
+    )
+    last = MESSAGES.alias("m")
+    member_list = (
+        select(
+            func.json_group_array(
+                func.json_array(
+                    members.c.user_id,
+                    members.c.role,
+                    members.c.joined_at,
+                    members.c.joined_seq,
+                    members.c.read_seq,
+                )
+            )
+        )
+        .where(members.c.room_id == ROOMS.c.id)
+        .scalar_subquery()
+    )
+    reaction_list = (
+        select(
+            func.json_group_array(
+                func.json_array(reactions.c.seq, reactions.c.emoji, reactions.c.user_id)
+            )
+        )
+        .where(reactions.c.message_id == last.c.id)
+        .scalar_subquery()
+    )
+    return select(
+        ROOMS,
+        member_list.label("members_json"),
+        *(column.label(f"m_{column.name}") for column in last.c),
+        reaction_list.label("reactions_json"),
+    ).select_from(ROOMS.outerjoin(last, and_(last.c.room_id == ROOMS.c.id, last.c.seq == newest)))
 
 
 def rooms_of_sqlite(
@@ -129,7 +173,8 @@ def rooms_of_sqlite(
 ) -> Select[Any]:
     """The room list's statement on SQLite (the same index order as on PostgreSQL)."""
     query = (
-        select(ROOMS, MEMBERS.c.last_activity_at.label("member_activity"))
+        _room_select_sqlite()
+        .add_columns(MEMBERS.c.last_activity_at.label("member_activity"))
         .join(MEMBERS, MEMBERS.c.room_id == ROOMS.c.id)
         .where(MEMBERS.c.user_id == user_id, MEMBERS.c.last_activity_at.is_not(None))
     )
@@ -144,61 +189,49 @@ async def room(db: Database, *, room_id: uuid.UUID) -> RoomRow | None:
         record = await db.pg.fetchrow(_ROOM, room_id)
         return _room(record) if record is not None else None
     async with db.read() as connection:
-        rooms = (await connection.execute(select(ROOMS).where(ROOMS.c.id == room_id))).all()
-        rows = await _sqlite_room_rows(connection, rooms, per_member=False)
-    return rows[0] if rows else None
+        row = (await connection.execute(_room_select_sqlite().where(ROOMS.c.id == room_id))).first()
+    return _sqlite_room(row, per_member=False) if row is not None else None
 
 
-async def _sqlite_room_rows(
-    connection: Any, rooms: Sequence[Any], *, per_member: bool
-) -> list[RoomRow]:
-    if not rooms:
-        return []
-    ids = [row.id for row in rooms]
-    members: dict[uuid.UUID, list[MemberRow]] = {}
-    for room_id, user_id, role, joined_at, read_seq in (
-        await connection.execute(
-            select(
-                MEMBERS.c.room_id,
-                MEMBERS.c.user_id,
-                MEMBERS.c.role,
-                MEMBERS.c.joined_at,
-                MEMBERS.c.read_seq,
-            )
-            .where(MEMBERS.c.room_id.in_(ids))
-            .order_by(MEMBERS.c.joined_seq, MEMBERS.c.joined_at, MEMBERS.c.user_id)
-        )
-    ).all():
-        members.setdefault(room_id, []).append(MemberRow(user_id, role, joined_at, read_seq))
-    last: dict[uuid.UUID, MessageRow] = {}
-    newest = (
-        select(MESSAGES.c.room_id, func.max(MESSAGES.c.seq).label("seq"))
-        .where(MESSAGES.c.room_id.in_(ids), MESSAGES.c.deleted_at.is_(None))
-        .group_by(MESSAGES.c.room_id)
-        .subquery()
+def _stored_time(text: str | None) -> datetime | None:
+    # As SQLite stores a UTCDateTime: naive UTC text.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC) if text is not None else None
+
+
+def _sqlite_room(row: Any, *, per_member: bool) -> RoomRow:
+    members = sorted(
+        (joined_seq, _stored_time(joined_at), uuid.UUID(user_id), role, read_seq)
+        for user_id, role, joined_at, joined_seq, read_seq in orjson.loads(row.members_json)
     )
-    rows = (
-        await connection.execute(
-            select(MESSAGES).join(
-                newest, and_(MESSAGES.c.room_id == newest.c.room_id, MESSAGES.c.seq == newest.c.seq)
-            )
+    last = None
+    if row.m_id is not None:
+        pairs = sorted(orjson.loads(row.reactions_json or "[]"))
+        last = MessageRow(
+            id=row.m_id,
+            room_id=row.m_room_id,
+            seq=row.m_seq,
+            sender_id=row.m_sender_id,
+            type=row.m_type,
+            data=row.m_data,
+            created_at=row.m_created_at,
+            client_message_id=row.m_client_message_id,
+            edited_at=row.m_edited_at,
+            deleted_at=row.m_deleted_at,
+            reactions=grouped([(emoji, uuid.UUID(user)) for _, emoji, user in pairs]),
         )
-    ).all()
-    for message in await with_reactions(connection, [message_from_row(r) for r in rows]):
-        last[message.room_id] = message
-    return [
-        RoomRow(
-            id=row.id,
-            kind=row.kind,
-            name=row.name,
-            last_seq=row.last_seq,
-            created_at=row.created_at,
-            last_activity_at=row.member_activity if per_member else row.last_activity_at,
-            members=members.get(row.id, []),
-            last_message=last.get(row.id),
-        )
-        for row in rooms
-    ]
+    return RoomRow(
+        id=row.id,
+        kind=row.kind,
+        name=row.name,
+        last_seq=row.last_seq,
+        created_at=row.created_at,
+        last_activity_at=row.member_activity if per_member else row.last_activity_at,
+        members=[
+            MemberRow(user_id, role, joined_at, read_seq)
+            for _, joined_at, user_id, role, read_seq in members
+        ],
+        last_message=last,
+    )
 
 
 # --- read positions -------------------------------------------------------------------------------

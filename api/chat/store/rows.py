@@ -112,14 +112,14 @@ REACTION_ARRAYS = """
 """
 
 
-def _grouped(
+def grouped(
     pairs: Sequence[tuple[str, uuid.UUID]],
 ) -> tuple[tuple[str, tuple[uuid.UUID, ...]], ...]:
     """(emoji, user) pairs in log order, as reactions in first-use order."""
-    grouped: dict[str, list[uuid.UUID]] = {}
+    by_emoji: dict[str, list[uuid.UUID]] = {}
     for emoji, user_id in pairs:
-        grouped.setdefault(emoji, []).append(user_id)
-    return tuple((emoji, tuple(users)) for emoji, users in grouped.items())
+        by_emoji.setdefault(emoji, []).append(user_id)
+    return tuple((emoji, tuple(users)) for emoji, users in by_emoji.items())
 
 
 def message_from_record(record: Any, prefix: str = "") -> MessageRow:
@@ -136,7 +136,7 @@ def message_from_record(record: Any, prefix: str = "") -> MessageRow:
         client_message_id=record[prefix + "client_message_id"],
         edited_at=record[prefix + "edited_at"],
         deleted_at=record[prefix + "deleted_at"],
-        reactions=_grouped(list(zip(emojis, record["r_users"], strict=True))) if emojis else (),
+        reactions=grouped(list(zip(emojis, record["r_users"], strict=True))) if emojis else (),
     )
 
 
@@ -158,5 +158,5 @@ async def with_reactions(connection: Any, rows: Sequence[MessageRow]) -> list[Me
     ).all():
         found.setdefault(message_id, []).append((emoji, user_id))
     return [
-        replace(row, reactions=_grouped(found[row.id])) if row.id in found else row for row in rows
+        replace(row, reactions=grouped(found[row.id])) if row.id in found else row for row in rows
     ]
