@@ -25,7 +25,8 @@ from api.chat.views import (
     encode_room_cursor,
 )
 from schema.context import Info
-from schema.hub import VIEWER_DEPENDENT, Operation, current_operation
+from schema.shapes import VIEWER_DEPENDENT
+from schema.sinks import Operation, current_operation
 from schema.users import UserType
 
 T = TypeVar("T")

@@ -15,7 +15,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from api.chat.signals import SignalView
-from schema.hub import Operation, Shape, Socket, _hashable
+from schema.shapes import Shape, hashable
+from schema.sinks import Operation, Socket
 
 if TYPE_CHECKING:
     from schema.hub import Hub
@@ -46,7 +47,7 @@ class SignalSink:
         viewer = getattr(operation.context, "viewer_id", None) if shape.per_viewer else None
         self.key = (
             id(shape),
-            tuple(_hashable(variables.get(name)) for name in shape.selection_variables),
+            tuple(hashable(variables.get(name)) for name in shape.selection_variables),
             viewer,
         )
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

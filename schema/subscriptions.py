@@ -31,8 +31,9 @@ from api.chat.service import parse_room_id
 from api.core.websocket import SCOPE_KEY, ChatWebSocketProtocol
 from schema.context import Context
 from schema.errors import format_errors
-from schema.hub import LEGACY_WS, Ended, Hub, Operation, Sink, Socket
+from schema.hub import Hub
 from schema.signal_sinks import SignalSink
+from schema.sinks import LEGACY_WS, Ended, Operation, Sink, Socket
 
 # What the hub serves for one operation: a log subscription, or a room's signals.
 AnySink = Sink | SignalSink

@@ -26,7 +26,7 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 
 from schema.access import AccessLogged
 from schema.context import Context
-from schema.hub import LEGACY_WS, TRANSPORT_WS, current_operation
+from schema.sinks import LEGACY_WS, TRANSPORT_WS, current_operation
 from schema.subscriptions import HubOperations, HubRequest, hub_operation
 
 # Close codes shared by both protocols (graphql-transport-ws defines them; the legacy protocol

@@ -11,7 +11,9 @@ import strawberry
 from graphql import parse
 
 from schema.execution import Plans
-from schema.hub import VIEWER_DEPENDENT, Channel, Hub, Operation, Shapes, Sink, Socket
+from schema.hub import Hub
+from schema.shapes import VIEWER_DEPENDENT, Shapes
+from schema.sinks import Channel, Operation, Sink, Socket
 
 
 @strawberry.type
