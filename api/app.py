@@ -32,6 +32,7 @@ from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.state import AppState
 from api.users import service as users
+from api.users import sessions as user_sessions
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
 
@@ -101,7 +102,7 @@ def _build_state(
         sessions=SessionCache(ttl=settings.session_cache_ttl),
         directory=UserDirectory(),
         unfinished=Unfinished(),
-        session_registry=users.SessionRegistry(
+        session_registry=user_sessions.SessionRegistry(
             db=db, pubsub=pubsub, verify_for=settings.session_verify_timeout
         ),
         reads=ReadPositions(db),
@@ -154,7 +155,7 @@ def _start_background(state: AppState) -> list[asyncio.Task[None]]:
         ),
         asyncio.create_task(state.session_registry.run(), name="session-registry"),
         asyncio.create_task(
-            users.purge_sessions_forever(
+            user_sessions.purge_sessions_forever(
                 db=state.db,
                 pubsub=state.pubsub,
                 interval=settings.session_purge_interval,

@@ -16,7 +16,7 @@ from api.core.settings import Settings
 from api.core.tasks import Unfinished
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
-from api.users.service import SessionRegistry
+from api.users.sessions import SessionRegistry
 
 
 @dataclass(slots=True)
