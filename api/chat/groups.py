@@ -56,7 +56,7 @@ async def _users_named(
     for name in dict.fromkeys(names):
         user = await users.find_user_by_name(db=db, name=name, directory=directory)
         if user is None:
-            raise NotFound(f"No user named {name!r}.")
+            raise NotFound(f"No user named {chat.shown(name)}.")
         found.setdefault(user.id, user)
     return list(found.values())
 
@@ -246,7 +246,7 @@ async def remove_member(
         mine = _require_role(transaction, caller, ADMIN)
         membership = transaction.members.get(target.id)
         if membership is None:
-            raise NotFound(f"{name!r} is not a member of this room.")
+            raise NotFound(f"{chat.shown(name)} is not a member of this room.")
         if membership.role == OWNER:
             raise Forbidden("Nobody removes the OWNER.")
         if mine == ADMIN and membership.role != MEMBER:
@@ -325,7 +325,7 @@ async def set_role(
         _require_role(transaction, caller, OWNER)
         membership = transaction.members.get(target.id)
         if membership is None:
-            raise NotFound(f"{name!r} is not a member of this room.")
+            raise NotFound(f"{chat.shown(name)} is not a member of this room.")
         if target.id == caller.id:
             if role != OWNER:
                 raise BadUserInput("Hand OWNER to another member instead.")

@@ -49,6 +49,11 @@ from api.users.views import UserView
 log = logging.getLogger(__name__)
 
 
+def shown(name: str, limit: int = 64) -> str:
+    """A name as an error message quotes it: cut short, since it is the client's input."""
+    return repr(name if len(name) <= limit else name[:limit] + "…")
+
+
 def direct_pair(a: uuid.UUID, b: uuid.UUID) -> tuple[uuid.UUID, uuid.UUID]:
     """The two members of a direct room as the rooms table keys them, whoever asks."""
     low, high = sorted((a, b))
@@ -159,7 +164,7 @@ async def _peer(
 ) -> UserView:
     other = await users.find_user_by_name(db=db, name=name, directory=directory)
     if other is None:
-        raise NotFound(f"No user named {name!r}.")
+        raise NotFound(f"No user named {shown(name)}.")
     if other.id == me.id:
         raise BadUserInput("A direct room needs two different users.")
     return other

@@ -425,3 +425,11 @@ async def test_inbox_events_follows_membership(server: RunningServer, sign_up: S
     assert seen[1]["message"]["data"] == "welcome"
     assert seen[3]["message"]["data"] == "still here"
     assert seen[0]["seq"] == 4  # after the two MemberJoined entries and "before bob"
+
+
+async def test_an_unknown_name_is_quoted_short_in_the_error(sign_up: SignUp) -> None:
+    alice = await sign_up()
+    long_name = "z" * 5000
+    error = await alice.error(CREATE, {"name": "g", "members": [long_name]})
+    assert code(error) == "NOT_FOUND"
+    assert len(error["message"]) < 120, error["message"]
