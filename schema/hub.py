@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,14 @@ VIEWER_DEPENDENT = "viewer_dependent"
 
 # Seconds a socket closed for being behind may take to flush before it is cut.
 ABORT_AFTER_CLOSE = 10.0
+
+# The root field each kind of sink serves: (sink class, every log entry or only messages).
+SUBSCRIPTION_FIELDS = {
+    ("RoomSink", False): "messageAdded",
+    ("RoomSink", True): "roomEvents",
+    ("InboxSink", False): "inbox",
+    ("InboxSink", True): "inboxEvents",
+}
 
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
@@ -635,6 +644,10 @@ class Hub:
         self.sockets_closed_behind = 0
         self.signal_sinks = 0
         self.deliveries = 0
+        self.resync_refills = 0
+        # Called with the seconds from an event's commit to its writes, once per event and
+        # result shape (never per socket); set by the app when metrics are on.
+        self.observe_latency: Callable[[float], None] | None = None
         # Signalled whenever a subscription starts or ends.
         self.changes = Changes()
 
@@ -656,6 +669,15 @@ class Hub:
     def sink_count(self) -> int:
         """How many subscriptions the hub serves."""
         return sum(len(channel.sinks) for channel in self.channels.values())
+
+    def subscription_counts(self) -> dict[str, int]:
+        """Active subscriptions by root field (read at scrape time, never per delivery)."""
+        counts = dict.fromkeys(SUBSCRIPTION_FIELDS.values(), 0)
+        for channel in self.channels.values():
+            for sink in channel.sinks:
+                counts[SUBSCRIPTION_FIELDS[type(sink).__name__, sink.events]] += 1
+        counts["roomSignals"] = self.signal_sinks
+        return counts
 
     def subscribers(self, channel_name: str) -> int:
         """How many subscriptions follow a channel and receive what is published on it."""
@@ -922,9 +944,9 @@ class Hub:
             )
         return root
 
-    @staticmethod
-    def _resync(channel: Channel) -> None:
+    def _resync(self, channel: Channel) -> None:
         # Events may have been lost (broker reconnect, overflow): every sink re-reads.
+        self.resync_refills += len(channel.sinks)
         for sink in list(channel.sinks):
             sink.refill()
 
@@ -941,11 +963,15 @@ class Hub:
         return event
 
     def _emit(self, payload: bytes, sinks: list[Sink], event: EventView) -> None:
+        delivered = 0
         for sink in sinks:
             # A socket may have fallen behind while the result was computed.
             if sink.live:
                 sink.emit(payload, event)
-                self.deliveries += 1
+                delivered += 1
+        self.deliveries += delivered
+        if delivered and self.observe_latency is not None:
+            self.observe_latency(time.time() - event.created_at.timestamp())
 
     @staticmethod
     def _groups(channel: Channel, event: EventView) -> dict[Any, list[Sink]]:
