@@ -47,8 +47,8 @@ def sample(state: AppState, websockets: Mapping[str, int]) -> Sample:
         in_use["asyncpg"] = pg.in_use
         errors.update(pg.errors)
     limits, refused = state.limiter.limits, state.limiter.refused
-    every = (limits.messages, limits.sign_in, limits.sign_in_per_address)
-    every += (limits.sign_up_per_address,)
+    every = [limits.messages, limits.sign_in, limits.sign_in_per_address]
+    every.append(limits.sign_up_per_address)
     return Sample(
         websockets={protocol: websockets.get(protocol, 0) for protocol in WEBSOCKET_PROTOCOLS},
         subscriptions=hub.subscription_counts(),

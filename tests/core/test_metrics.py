@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import AsyncIterator
@@ -261,3 +263,15 @@ async def test_workers_add_up_in_multiprocess_mode(database_url: str, tmp_path: 
         names, samples = parse(text)
         assert names >= STABLE_NAMES
         assert total(samples, "chat_graphql_operations_total", name=name) == 4
+
+
+def test_the_grafana_dashboard_reads_only_the_stable_names() -> None:
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for expr in expressions
+        for name in re.findall(r"\b((?:chat|process)_[a-z_]+)", expr)
+    }
+    assert used <= STABLE_NAMES | PROCESS_NAMES
+    assert used >= STABLE_NAMES
