@@ -675,7 +675,8 @@ class Hub:
         counts = dict.fromkeys(SUBSCRIPTION_FIELDS.values(), 0)
         for channel in self.channels.values():
             for sink in channel.sinks:
-                counts[SUBSCRIPTION_FIELDS[type(sink).__name__, sink.events]] += 1
+                field = SUBSCRIPTION_FIELDS.get((type(sink).__name__, sink.events), "other")
+                counts[field] = counts.get(field, 0) + 1
         counts["roomSignals"] = self.signal_sinks
         return counts
 
