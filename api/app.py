@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gc
 import logging
@@ -30,6 +31,7 @@ from api.core.settings import Settings
 from api.core.tasks import Unfinished
 from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
+from api.monitoring import Monitoring, metrics_endpoint, websocket_protocol
 from api.state import AppState
 from api.users import service as users
 from api.users import sessions as user_sessions
@@ -64,6 +66,11 @@ class ChatApp(Starlette):
     graphql_post: ASGIApp | None = None
     graphql_ws: ASGIApp | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Open WebSockets by protocol (for /metrics): counted here, where every one passes.
+        self.websockets: collections.Counter[str] = collections.Counter()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("path") == "/graphql":
             kind = scope["type"]
@@ -73,13 +80,24 @@ class ChatApp(Starlette):
                 return
             if self.graphql_ws is not None and kind == "websocket":
                 scope["app"] = self
-                await self.graphql_ws(scope, receive, send)
+                protocol = websocket_protocol(scope.get("subprotocols") or [])
+                self.websockets[protocol] += 1
+                try:
+                    await self.graphql_ws(scope, receive, send)
+                finally:
+                    self.websockets[protocol] -= 1
                 return
         await super().__call__(scope, receive, send)
 
 
 def _build_state(
-    settings: Settings, view: Any, *, db: Database, pubsub: PubSub, limiter: RateLimiter
+    settings: Settings,
+    view: Any,
+    *,
+    db: Database,
+    pubsub: PubSub,
+    limiter: RateLimiter,
+    app: Starlette,
 ) -> AppState:
     """The app's caches, hub and the rest, around its database and pub/sub."""
     from schema import document_rules
@@ -132,6 +150,9 @@ def _build_state(
         signals=state.signals,
         behind_limit=settings.ws_behind_limit,
     )
+    if settings.metrics:
+        websockets = app.websockets if isinstance(app, ChatApp) else collections.Counter()
+        state.monitoring = Monitoring(state, websockets)
     return state
 
 
@@ -162,6 +183,12 @@ def _start_background(state: AppState) -> list[asyncio.Task[None]]:
                 done=state.sessions_purged,
             ),
             name="session-purge",
+        ),
+        # Until cancelled: the metrics' hooks and listener (api.monitoring).
+        *(
+            [asyncio.create_task(state.monitoring.run(), name="metrics")]
+            if settings.metrics
+            else []
         ),
     ]
 
@@ -219,7 +246,7 @@ def create_app(
             ),
             owns_connections=pubsub.redis_pool is None,
         )
-        state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter)
+        state = _build_state(settings, view, db=db, pubsub=pubsub, limiter=limiter, app=app)
         state.hub.start()
         await state.signals.start()
         background = _start_background(state)
@@ -252,6 +279,7 @@ def create_app(
         Route("/", webclient.index if web_client else root),
         *([Mount("/web", webclient.static_app(), name="web")] if web_client else []),
         Route("/healthz", healthz),
+        *([Route("/metrics", metrics_endpoint)] if settings.metrics_on_main_port else []),
         Mount("/graphql/static", static_app(), name="graphiql-static"),
         Route("/graphql", view, methods=["GET"]),
         WebSocketRoute("/graphql", view),

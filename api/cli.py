@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     settings = Settings()
     try:
         settings.check()
@@ -48,6 +47,36 @@ def _serve(args: argparse.Namespace) -> int:
         upgrade_database(settings.effective_database_url)
     # Workers and reload need an import string; the factory reads settings from the environment.
     os.environ["CHAT_BACKEND_RUN_MIGRATIONS"] = "0"
+    with contextlib.ExitStack() as stack:
+        if settings.metrics and args.workers > 1:
+            stack.enter_context(_multiprocess_metrics(settings))
+        _run(args, settings)
+    return 0
+
+
+@contextlib.contextmanager
+def _multiprocess_metrics(settings: Settings) -> Iterator[None]:
+    """Metrics that add up over the workers: set up before they start, and METRICS_PORT served
+    once, by this supervising process."""
+    from api.core import metrics
+    from api.monitoring import PORT_SERVED_ENV
+
+    with metrics.multiprocess_directory():
+        if not settings.metrics_port:
+            yield
+            return
+        stop = metrics.serve_port(settings.metrics_port, metrics.multiprocess_registry())
+        os.environ[PORT_SERVED_ENV] = "1"
+        try:
+            yield
+        finally:
+            os.environ.pop(PORT_SERVED_ENV, None)
+            stop()
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
     uvicorn.run(
         "api.cli:app_factory",
         factory=True,
@@ -61,7 +90,6 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=logs.dict_config(settings.log_format, level=args.log_level),
         **uvicorn_options(settings),
     )
-    return 0
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -45,5 +45,7 @@ class AppState:
     hub: Any = None
     # Compiled result plans (schema.execution.Plans), likewise.
     plans: Any = None
+    # Prometheus metrics (api.monitoring.Monitoring); None when METRICS=false.
+    monitoring: Any = None
     # Set after each purge of ended sessions (for whoever waits on one).
     sessions_purged: asyncio.Event = field(default_factory=asyncio.Event)

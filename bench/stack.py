@@ -328,6 +328,16 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        # BENCH_SERVER_<NAME>=value sets <NAME> for the server: the one way in for a setting
+        # under comparison (BENCH_SERVER_METRICS=false measures the metrics' cost).
+        prefix = "BENCH_SERVER_"
+        env.update(
+            {
+                key[len(prefix) :]: value
+                for key, value in os.environ.items()
+                if key.startswith(prefix)
+            }
+        )
         env.update(extra or {})
         return env
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from graphql import ExecutionResult, GraphQLError
+from graphql import ExecutionResult, FieldNode, GraphQLError, OperationDefinitionNode
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -183,14 +184,16 @@ class GraphQLHTTPEndpoint:
             return
         modern = GRAPHQL_RESPONSE_JSON in head.accept
         cookies = Response()
+        seen = _Seen(scope["app"].state.chat.monitoring)
         try:
             query, variables, operation_name = _request_parts(_decode_body(body))
             result = await self._execute(
-                scope, receive, head, cookies, query, variables, operation_name
+                scope, receive, head, cookies, query, variables, operation_name, seen
             )
         except BadRequest as error:
             failed = {"errors": [{"message": str(error), "extensions": {"code": "BAD_REQUEST"}}]}
             await _respond(send, 400, failed, modern, cookies, extra)
+            seen.done("BAD_REQUEST")
             return
         except Exception:
             # A bug outside any resolver (those are masked per field): masked here too, never
@@ -200,6 +203,7 @@ class GraphQLHTTPEndpoint:
             extensions = {"code": "INTERNAL_SERVER_ERROR", "correlationId": correlation_id}
             failed = {"errors": [{"message": INTERNAL_MESSAGE, "extensions": extensions}]}
             await _respond(send, 500, failed, modern, cookies, extra)
+            seen.done("INTERNAL_SERVER_ERROR")
             return
         if isinstance(result, _RequestError):
             # Parse and validation failures, unknown operations: the request never ran.
@@ -208,11 +212,13 @@ class GraphQLHTTPEndpoint:
                 payload = {"data": None, **payload}
             status = 400 if modern else 200
             await _respond(send, status, payload, modern, cookies, extra)
+            seen.done(_outcome(payload["errors"]))
             return
         payload = {"data": result.data}
         if result.errors:
             payload["errors"] = [error.formatted for error in result.errors]
         await _respond(send, 200, payload, modern, cookies, extra)
+        seen.done(_outcome(payload["errors"]) if result.errors else "OK")
 
     def _cors(self, head: _Head) -> list[tuple[bytes, bytes]]:
         # As Starlette's CORSMiddleware answers a simple request: credentials allowed, and the
@@ -254,6 +260,7 @@ class GraphQLHTTPEndpoint:
         query: str,
         variables: dict[str, Any] | None,
         operation_name: str | None,
+        seen: _Seen,
     ) -> ExecutionResult | _RequestError:
         state: AppState = scope["app"].state.chat
         documents = state.documents
@@ -269,6 +276,7 @@ class GraphQLHTTPEndpoint:
                 else "Must provide operation name if query contains multiple operations."
             )
             raise BadRequest(message)
+        seen.operation = operation
         if is_subscription(operation):
             raise BadRequest(
                 "subscriptions are not allowed over HTTP POST: subscribe over WebSocket "
@@ -318,6 +326,38 @@ class GraphQLHTTPEndpoint:
                 return _RequestError(result.errors)
             format_errors(result.errors)
         return result
+
+
+class _Seen:
+    """What /metrics learns of one request: its operation (once known) and its outcome."""
+
+    __slots__ = ("monitoring", "operation", "started")
+
+    def __init__(self, monitoring: Any) -> None:
+        self.monitoring = monitoring
+        self.operation: OperationDefinitionNode | None = None
+        self.started = time.perf_counter() if monitoring is not None else 0.0
+
+    def done(self, outcome: str) -> None:
+        if self.monitoring is None:
+            return
+        metrics = self.monitoring.metrics
+        operation = self.operation
+        if operation is None:
+            metrics.operation("unknown", None, outcome)
+            return
+        name = operation.name.value if operation.name is not None else None
+        metrics.operation(operation.operation.value, name, outcome)
+        first = operation.selection_set.selections[0]
+        if isinstance(first, FieldNode) and first.name.value == "sendMessage":
+            metrics.send(outcome, time.perf_counter() - self.started)
+
+
+def _outcome(errors: list[Any]) -> str:
+    """The code of the first error (codes are a fixed set: schema.errors)."""
+    extensions = errors[0].get("extensions") if errors else None
+    code = extensions.get("code") if isinstance(extensions, dict) else None
+    return code if isinstance(code, str) else "ERROR"
 
 
 class _RequestError:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,14 @@ if TYPE_CHECKING:
     from schema.signal_sinks import SignalSink
 
 log = logging.getLogger(__name__)
+
+# The root field each kind of sink serves: (sink class, every log entry or only messages).
+SUBSCRIPTION_FIELDS = {
+    ("RoomSink", False): "messageAdded",
+    ("RoomSink", True): "roomEvents",
+    ("InboxSink", False): "inbox",
+    ("InboxSink", True): "inboxEvents",
+}
 
 
 class Hub:
@@ -97,6 +106,10 @@ class Hub:
         self.sockets_closed_behind = 0
         self.signal_sinks = 0
         self.deliveries = 0
+        self.resync_refills = 0
+        # Called with the seconds from an event's commit to its writes, once per event and
+        # result shape (never per socket); set by the app when metrics are on.
+        self.observe_latency: Callable[[float], None] | None = None
         # Signalled whenever a subscription starts or ends.
         self.changes = Changes()
 
@@ -118,6 +131,16 @@ class Hub:
     def sink_count(self) -> int:
         """How many subscriptions the hub serves."""
         return sum(len(channel.sinks) for channel in self.channels.values())
+
+    def subscription_counts(self) -> dict[str, int]:
+        """Active subscriptions by root field (read at scrape time, never per delivery)."""
+        counts = dict.fromkeys(SUBSCRIPTION_FIELDS.values(), 0)
+        for channel in self.channels.values():
+            for sink in channel.sinks:
+                field = SUBSCRIPTION_FIELDS.get((type(sink).__name__, sink.events), "other")
+                counts[field] = counts.get(field, 0) + 1
+        counts["roomSignals"] = self.signal_sinks
+        return counts
 
     def subscribers(self, channel_name: str) -> int:
         """How many subscriptions follow a channel and receive what is published on it."""
@@ -384,9 +407,9 @@ class Hub:
             )
         return root
 
-    @staticmethod
-    def _resync(channel: Channel) -> None:
+    def _resync(self, channel: Channel) -> None:
         # Events may have been lost (broker reconnect, overflow): every sink re-reads.
+        self.resync_refills += len(channel.sinks)
         for sink in list(channel.sinks):
             sink.refill()
 
@@ -403,11 +426,15 @@ class Hub:
         return event
 
     def _emit(self, payload: bytes, sinks: list[Sink], event: EventView) -> None:
+        delivered = 0
         for sink in sinks:
             # A socket may have fallen behind while the result was computed.
             if sink.live:
                 sink.emit(payload, event)
-                self.deliveries += 1
+                delivered += 1
+        self.deliveries += delivered
+        if delivered and self.observe_latency is not None:
+            self.observe_latency(time.time() - event.created_at.timestamp())
 
     @staticmethod
     def _groups(channel: Channel, event: EventView) -> dict[Any, list[Sink]]:

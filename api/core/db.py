@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,7 +14,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import DateTime, MetaData, event, text
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import Dialect, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -188,6 +189,10 @@ class PgPool:
         self._waiters: deque[asyncio.Future[asyncpg.Connection | None]] = deque()
         self._opened = 0  # connections open, or being opened
         self._closed = False
+        # Plain counts for /metrics: times a caller waited for a connection, and errors by
+        # kind ("statement": the server refused it; "connection": broken or unreachable).
+        self.waits = 0
+        self.errors: collections.Counter[str] = collections.Counter()
         # Statement observers (tests that check which SQL a request runs).
         self.observers: list[Callable[[str, tuple[Any, ...]], None]] = []
 
@@ -215,6 +220,7 @@ class PgPool:
                 asyncio.get_running_loop().create_future()
             )
             self._waiters.append(waiter)
+            self.waits += 1
             try:
                 async with asyncio.timeout(self._acquire_timeout):
                     handed = await waiter
@@ -252,11 +258,19 @@ class PgPool:
         self._opened -= 1
         self._wake()
 
+    @property
+    def in_use(self) -> int:
+        """Connections lent out (or being opened)."""
+        return self._opened - len(self._idle)
+
     def _after_error(self, connection: asyncpg.Connection, error: BaseException) -> None:
         if isinstance(error, asyncpg.PostgresError) and not isinstance(error, _PG_UNREACHABLE):
             # A statement error (a constraint, say): the connection is fine.
+            self.errors["statement"] += 1
             self._release(connection)
             return
+        if not isinstance(error, asyncio.CancelledError):
+            self.errors["connection"] += 1
         # Cancelled mid-statement, or the connection broke: never reuse it. A broken one says
         # the server went away (restart, failover): the idle ones are most likely dead too.
         self._drop(connection)
@@ -351,9 +365,15 @@ class Database:
             if self.is_sqlite
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        # Errors raised by the driver under SQLAlchemy, by kind (as PgPool.errors), for /metrics.
+        self.errors: collections.Counter[str] = collections.Counter()
+        event.listen(self.engine.sync_engine, "handle_error", self._count_error)
         # SQLite has one writer at a time and its busy handler waits by sleeping (up to 100 ms
         # a turn), so in-process writers queue here instead, in order and without sleeping.
         self._sqlite_write_lock = asyncio.Lock()
+
+    def _count_error(self, context: ExceptionContext) -> None:
+        self.errors["connection" if context.is_disconnect else "statement"] += 1
 
     async def start(self) -> None:
         """Make the asyncpg pool on PostgreSQL (called by the app's lifespan); it connects on

@@ -272,6 +272,7 @@ class PubSub:
         self.queue_size = queue_size
         self.reconnect_delay = reconnect_delay
         self.reconnects = 0
+        self.publish_retries = 0
         self._backend: BroadcastBackend | None = None
         self._channels: dict[str, _Channel] = {}
         # Serialises SUBSCRIBE/UNSUBSCRIBE so they reach the broker in the order they were decided.
@@ -391,6 +392,7 @@ class PubSub:
         if len(self._retries) >= _MAX_PENDING_RETRIES:
             log.warning("too many publishes awaiting retry; dropping one for %s", channel)
             return
+        self.publish_retries += 1
         task = asyncio.create_task(self._retry(channel, message))
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)

@@ -8,6 +8,7 @@ an outage of Redis must not stop people from chatting.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -78,6 +79,8 @@ class RateLimiter:
         self._limiter = MovingWindowRateLimiter(storage)
         self.limits = limits
         self._in_flight: dict[tuple[str, str], list[Any]] = {}
+        # Refusals by limit name, for /metrics.
+        self.refused: collections.Counter[str] = collections.Counter()
 
     async def close(self) -> None:
         """Close the counter store's connections (limits has no public close; its Redis
@@ -110,6 +113,7 @@ class RateLimiter:
             log.warning("rate limit check for %s failed open: %s", limit.name, error)
             return
         if retry_after_ms is not None:
+            self.refused[limit.name] += 1
             raise RateLimited(limit.message, retry_after_ms=retry_after_ms)
 
     async def count(self, limit: Limit, key: str) -> None:
@@ -130,6 +134,7 @@ class RateLimiter:
             for item in limit.items:
                 if not await self._limiter.hit(item, key):
                     retry_after_ms = await self._retry_after_ms(limit, key) or 1000
+                    self.refused[limit.name] += 1
                     raise RateLimited(limit.message, retry_after_ms=retry_after_ms)
         except RateLimited:
             raise

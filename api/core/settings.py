@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     ws_per_message_deflate: bool = False
     # `json`: one JSON object per log line (api.core.logs), for log collectors.
     log_format: Literal["text", "json"] = "text"
+    # Prometheus metrics (api/core/metrics.py). In production /metrics on the main port needs
+    # `Authorization: Bearer <metrics_token>`; without a token it is served only on
+    # metrics_port (0 = no separate listener), which should not be reachable from outside.
+    metrics: bool = True
+    metrics_token: str = ""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -152,6 +158,11 @@ class Settings(BaseSettings):
     @property
     def web_client_enabled(self) -> bool:
         return (not self.is_production) if self.web_client is None else self.web_client
+
+    @property
+    def metrics_on_main_port(self) -> bool:
+        """Whether the app itself answers /metrics (in production only with a token)."""
+        return self.metrics and (not self.is_production or bool(self.metrics_token))
 
     @property
     def cookie_name(self) -> str:
