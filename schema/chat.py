@@ -363,6 +363,7 @@ async def _send_options(info: Info) -> dict[str, Any]:
         "sender": auth.user,
         "max_length": state.settings.message_max_length,
         "limiter": state.limiter,
+        "signals": state.signals,
     }
 
 

@@ -23,6 +23,7 @@ from api.chat.constants import (
     room_channel,
     user_channel,
 )
+from api.chat.signals import Signals
 from api.chat.store import EventRow, MessageRow, RoomRow
 from api.chat.views import (
     POSTED,
@@ -203,6 +204,7 @@ async def send_message(
     client_message_id: str | None = None,
     max_length: int = 4000,
     limiter: RateLimiter | None = None,
+    signals: Signals | None = None,
 ) -> MessageView:
     """Store a message with the room's next seq, then wake subscribers.
 
@@ -223,6 +225,7 @@ async def send_message(
             type=type,
             client_message_id=client_message_id,
             limiter=limiter,
+            signals=signals,
         )
     )
 
@@ -240,6 +243,7 @@ async def send_direct_message(
     max_length: int = 4000,
     limiter: RateLimiter | None = None,
     directory: UserDirectory | None = None,
+    signals: Signals | None = None,
 ) -> MessageView:
     """Send to the direct room with another user, creating the room on first use."""
     validate_message(
@@ -257,6 +261,7 @@ async def send_direct_message(
             type=type,
             client_message_id=client_message_id,
             limiter=limiter,
+            signals=signals,
         )
     )
 
@@ -271,6 +276,7 @@ async def _send(
     type: str,
     client_message_id: str | None,
     limiter: RateLimiter | None,
+    signals: Signals | None = None,
 ) -> MessageView:
     # Runs to the end even if the request is cancelled (the client went away): a message
     # committed but never published would reach no subscriber until a later one showed the gap.
@@ -318,6 +324,8 @@ async def _send(
         message_id=message.id,
     )
     await publish_events(pubsub=pubsub, events=[posted], member_ids=appended.member_ids)
+    if signals is not None:
+        signals.message_posted(room_id=room_id, user=sender)
     return message
 
 

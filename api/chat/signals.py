@@ -320,6 +320,21 @@ class Signals:
         self._sent[key] = now
         await self._publish({"t": "t", "r": str(room_id), "u": _user_raw(user), "on": False})
 
+    def message_posted(self, *, room_id: uuid.UUID, user: UserView) -> None:
+        """The user sent a message to the room: a typing state of theirs there ends now (the
+        room shows their message, not that they are still typing)."""
+        key = (room_id, user.id)
+        if key not in self._typing:
+            return
+        # At once, not at the end of the one-signal-a-second window: the stop goes with the
+        # message, and a client that cleared the line when the message came must see the next
+        # start as news.
+        delayed = self._delayed.pop(key, None)
+        if delayed is not None:
+            delayed.cancel()
+        self._sent[key] = time.monotonic()
+        self._spawn(self._publish({"t": "t", "r": str(room_id), "u": _user_raw(user), "on": False}))
+
     def _send_stop(self, room_id: uuid.UUID, user: UserView) -> None:
         self._delayed.pop((room_id, user.id), None)
         self._sent[(room_id, user.id)] = time.monotonic()

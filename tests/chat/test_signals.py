@@ -382,3 +382,20 @@ async def _until_signal_sinks(hub: Any, count: int) -> None:
         if hub.signal_sinks == count:
             return
         await event.wait()
+
+
+async def test_sending_a_message_ends_the_sender_s_typing_state(
+    server: RunningServer, sign_up: SignUp
+) -> None:
+    alice, bob, room_id = await direct(sign_up)
+    async with GraphQLWebSocket.connect(server.ws_url, cookie=alice.session_cookie) as socket:
+        stream = await socket.subscribe(SIGNALS, {"roomId": room_id})
+        assert summary(await signal(stream)) == ("Presence", name_of(alice), True)
+        await bob.data(TYPING, {"roomId": room_id, "typing": True})
+        assert summary(await signal(stream)) == ("Typing", name_of(bob), True)
+        await send(bob, room_id, "done typing")
+        # Well before the 6 s lapse (at most the 1 s signal window).
+        assert summary(await signal(stream, timeout=3)) == ("Typing", name_of(bob), False)
+        # Typing again is news again.
+        await bob.data(TYPING, {"roomId": room_id, "typing": True})
+        assert summary(await signal(stream, timeout=3)) == ("Typing", name_of(bob), True)
