@@ -46,6 +46,17 @@ class Shape:
     # then an event's result needs no execution at all (schema.execution.event_plan).
     direct: tuple[str, Plan] | None = None
 
+    def key(self, variables: dict[str, Any] | None, context: Any) -> tuple[Any, ...]:
+        """What a subscription's results are shared by: subscriptions with equal keys get one
+        result per event."""
+        values = variables or {}
+        viewer = getattr(context, "viewer_id", None) if self.per_viewer else None
+        return (
+            id(self),
+            tuple(hashable(values.get(name)) for name in self.selection_variables),
+            viewer,
+        )
+
 
 class Shapes:
     """Shapes by (document text, operation name), computed once; bounded in bytes like the

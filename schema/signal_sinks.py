@@ -15,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from api.chat.signals import SignalView
-from schema.shapes import Shape, hashable
+from schema.shapes import Shape
 from schema.sinks import Operation, Socket
 
 if TYPE_CHECKING:
@@ -43,13 +43,7 @@ class SignalSink:
         self.user_id = user_id
         self.member_ids = member_ids
         self.prefix = operation.socket.prefix(operation.id)
-        variables = operation.variables or {}
-        viewer = getattr(operation.context, "viewer_id", None) if shape.per_viewer else None
-        self.key = (
-            id(shape),
-            tuple(hashable(variables.get(name)) for name in shape.selection_variables),
-            viewer,
-        )
+        self.key = shape.key(operation.variables, operation.context)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_end: Any = None
         self.dropped = 0

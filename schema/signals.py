@@ -85,19 +85,15 @@ class SignalMutation:
     async def mark_read(self, info: Info, room_id: strawberry.ID, cursor: str) -> RoomType:
         auth = await info.context.require_auth()
         state = info.context.state
-        room = chat.parse_room_id(room_id)
-        await read_state.mark_read(
+        view = await read_state.mark_read(
             db=state.db,
             reads=state.reads,
             signals=state.signals,
             user=auth.user,
-            room_id=room,
+            room_id=chat.parse_room_id(room_id),
             cursor=cursor,
+            directory=state.directory,
         )
-        view = await chat.get_room(
-            db=state.db, user=auth.user, room_id=room, directory=state.directory
-        )
-        assert view is not None
         return RoomType.from_view(view)
 
     @strawberry.mutation(

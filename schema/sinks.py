@@ -20,7 +20,7 @@ from api.chat.views import JOINED, LEFT, POSTED, EventView
 from api.core.errors import Forbidden
 from api.core.pubsub import Subscription
 from api.core.websocket import ChatWebSocketProtocol
-from schema.shapes import Shape, hashable
+from schema.shapes import Shape
 
 if TYPE_CHECKING:
     from schema.hub import Hub
@@ -201,13 +201,7 @@ class Sink:
         self.shape = shape
         self.channel = channel
         self.prefix = operation.socket.prefix(operation.id)
-        variables = operation.variables or {}
-        viewer = getattr(operation.context, "viewer_id", None) if shape.per_viewer else None
-        self.key = (
-            id(shape),
-            tuple(hashable(variables.get(name)) for name in shape.selection_variables),
-            viewer,
-        )
+        self.key = shape.key(operation.variables, operation.context)
         self.live = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_end: Callable[[Sink, BaseException | None], None] | None = None

@@ -103,6 +103,29 @@ async def _change_room(
     await unfinished.run(run())
 
 
+async def _change_and_view(
+    *,
+    db: Database,
+    pubsub: PubSub,
+    unfinished: Unfinished,
+    directory: UserDirectory | None,
+    caller: UserView,
+    room_id: uuid.UUID,
+    change: RoomChange,
+) -> RoomView:
+    """`_change_room`, then the room as the caller now sees it."""
+    await _change_room(
+        db=db,
+        pubsub=pubsub,
+        unfinished=unfinished,
+        directory=directory,
+        caller=caller,
+        room_id=room_id,
+        change=change,
+    )
+    return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
+
+
 async def _room_view(
     *, db: Database, user: UserView, room_id: uuid.UUID, directory: UserDirectory | None
 ) -> RoomView:
@@ -178,6 +201,16 @@ def _check_group(
     return transaction
 
 
+def _membership(
+    transaction: changes.RoomTransaction, user: UserView, name: str
+) -> changes.Membership:
+    """The user's membership of the room; NOT_FOUND (by the name asked for) when they have none."""
+    membership = transaction.members.get(user.id)
+    if membership is None:
+        raise NotFound(f"{chat.shown(name)} is not a member of this room.")
+    return membership
+
+
 def _require_role(transaction: changes.RoomTransaction, caller: UserView, role: str) -> str:
     mine = transaction.members[caller.id].role
     if ROLE_RANK[mine] < ROLE_RANK[role]:
@@ -217,7 +250,7 @@ async def add_members(
             )
             await transaction.add_member(user.id, role=MEMBER, at=at, seq=seq)
 
-    await _change_room(
+    return await _change_and_view(
         db=db,
         pubsub=pubsub,
         unfinished=unfinished,
@@ -226,7 +259,6 @@ async def add_members(
         room_id=room_id,
         change=add,
     )
-    return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
 async def remove_member(
@@ -244,9 +276,7 @@ async def remove_member(
 
     async def remove(transaction: changes.RoomTransaction) -> None:
         mine = _require_role(transaction, caller, ADMIN)
-        membership = transaction.members.get(target.id)
-        if membership is None:
-            raise NotFound(f"{chat.shown(name)} is not a member of this room.")
+        membership = _membership(transaction, target, name)
         if membership.role == OWNER:
             raise Forbidden("Nobody removes the OWNER.")
         if mine == ADMIN and membership.role != MEMBER:
@@ -254,7 +284,7 @@ async def remove_member(
         await transaction.append(LEFT, actor_id=caller.id, at=utcnow(), member_id=target.id)
         await transaction.remove_member(target.id)
 
-    await _change_room(
+    return await _change_and_view(
         db=db,
         pubsub=pubsub,
         unfinished=unfinished,
@@ -263,7 +293,6 @@ async def remove_member(
         room_id=room_id,
         change=remove,
     )
-    return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
 async def leave_room(
@@ -323,9 +352,7 @@ async def set_role(
 
     async def change(transaction: changes.RoomTransaction) -> None:
         _require_role(transaction, caller, OWNER)
-        membership = transaction.members.get(target.id)
-        if membership is None:
-            raise NotFound(f"{chat.shown(name)} is not a member of this room.")
+        membership = _membership(transaction, target, name)
         if target.id == caller.id:
             if role != OWNER:
                 raise BadUserInput("Hand OWNER to another member instead.")
@@ -343,7 +370,7 @@ async def set_role(
             )
             await transaction.set_role(caller.id, ADMIN)
 
-    await _change_room(
+    return await _change_and_view(
         db=db,
         pubsub=pubsub,
         unfinished=unfinished,
@@ -352,7 +379,6 @@ async def set_role(
         room_id=room_id,
         change=change,
     )
-    return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)
 
 
 async def rename_room(
@@ -374,7 +400,7 @@ async def rename_room(
             await transaction.append(RENAMED, actor_id=caller.id, at=utcnow(), detail=name)
             await transaction.rename(name)
 
-    await _change_room(
+    return await _change_and_view(
         db=db,
         pubsub=pubsub,
         unfinished=unfinished,
@@ -383,4 +409,3 @@ async def rename_room(
         room_id=room_id,
         change=rename,
     )
-    return await _room_view(db=db, user=caller, room_id=room_id, directory=directory)

@@ -16,12 +16,15 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import replace
 
+from api.chat import service as chat
 from api.chat import store
 from api.chat.signals import Signals
-from api.chat.views import decode_message_cursor
+from api.chat.views import RoomView, decode_message_cursor
 from api.core.db import Database
 from api.core.errors import BadUserInput, Forbidden, NotFound
+from api.users.cache import UserDirectory
 from api.users.views import UserView
 
 log = logging.getLogger(__name__)
@@ -115,8 +118,10 @@ async def mark_read(
     user: UserView,
     room_id: uuid.UUID,
     cursor: str,
-) -> None:
-    """Move the user's read position in a room forward to a cursor's position (never back)."""
+    directory: UserDirectory | None = None,
+) -> RoomView:
+    """Move the user's read position in a room forward to a cursor's position (never back);
+    the room as the user now sees it."""
     seq = decode_message_cursor(cursor, room_id=room_id)
     row = await store.room(db, room_id=room_id)
     if row is None:
@@ -126,11 +131,15 @@ async def mark_read(
         raise Forbidden()
     if seq > row.last_seq:
         raise BadUserInput("That cursor is past the room's last entry.")
-    if seq <= reads.effective(room_id, user.id, me.read_seq):
-        return
-    await reads.record(room_id, user.id, seq)
-    if signals is not None:
-        await signals.read_moved(room_id=room_id, user=user, seq=seq)
+    if seq > reads.effective(room_id, user.id, me.read_seq):
+        await reads.record(room_id, user.id, seq)
+        if signals is not None:
+            await signals.read_moved(room_id=room_id, user=user, seq=seq)
+        # The row read above, with the position just taken (written or not yet).
+        members = [replace(m, read_seq=seq) if m is me else m for m in row.members]
+        row = replace(row, members=members)
+    (view,) = await chat.room_views(db, directory, [row])
+    return view
 
 
 async def unread_counts(

@@ -531,9 +531,10 @@ async def list_events(
     return EventPage(events=events, has_next_page=has_next, has_previous_page=has_previous)
 
 
-async def _room_views(
+async def room_views(
     db: Database, directory: UserDirectory | None, rows: Sequence[RoomRow]
 ) -> list[RoomView]:
+    """Views of rooms: members and last messages' senders from the users module."""
     wanted = {member for row in rows for member in row.member_ids}
     wanted |= {row.last_message.sender_id for row in rows if row.last_message}
     people = await users.user_views(db=db, ids=wanted, directory=directory)
@@ -574,7 +575,7 @@ async def get_room(
         return None
     if user.id not in row.member_ids:
         raise Forbidden()
-    return (await _room_views(db, directory, [row]))[0]
+    return (await room_views(db, directory, [row]))[0]
 
 
 async def list_rooms(
@@ -591,7 +592,7 @@ async def list_rooms(
     assert size is not None
     position = decode_room_cursor(after) if after is not None else None
     rows = await store.rooms_of(db, user_id=user.id, after=position, limit=size + 1)
-    views = await _room_views(db, directory, rows[:size])
+    views = await room_views(db, directory, rows[:size])
     return RoomPage(
         rooms=views, has_next_page=len(rows) > size, has_previous_page=after is not None
     )
