@@ -38,7 +38,7 @@ from api.chat.views import (
     decode_message_cursor,
     decode_room_cursor,
 )
-from api.core.db import Database, utcnow
+from api.core.db import Database, parse_uuid, utcnow
 from api.core.errors import BadUserInput, Forbidden, NotFound, RateLimited
 from api.core.pubsub import PubSub
 from api.core.ratelimit import RateLimiter
@@ -74,8 +74,8 @@ async def _direct_room_id(db: Database, a: uuid.UUID, b: uuid.UUID) -> uuid.UUID
 def parse_room_id(room_id: str) -> uuid.UUID:
     """A room id from a client; BAD_USER_INPUT when it is not one."""
     try:
-        return uuid.UUID(room_id)
-    except (ValueError, AttributeError) as error:
+        return parse_uuid(room_id)
+    except (ValueError, AttributeError, TypeError) as error:
         raise BadUserInput("Malformed room id.") from error
 
 
@@ -366,7 +366,7 @@ async def publish_events(
     those before and after it, so a removed member's inbox hears of their own removal."""
     messages = []
     for event in events:
-        payload = event.to_json()
+        payload = event.payload()
         messages.append((room_channel(event.room_id), payload))
         messages.extend((user_channel(member_id), payload) for member_id in member_ids)
     await pubsub.publish_many(messages)

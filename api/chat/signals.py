@@ -29,6 +29,7 @@ import orjson
 
 from api.chat import store
 from api.chat.constants import room_channel
+from api.chat.views import JOINED, LEFT, EventPayload, EventView
 from api.core.db import Database
 from api.core.errors import Forbidden, NotFound
 from api.core.pubsub import RESYNC, PresenceRegistry, PubSub, Subscription
@@ -463,13 +464,16 @@ class Signals:
         if item is RESYNC:
             self._spawn(self._reload_members(room_id))
             return
-        if '"kind":"joined"' not in item and '"kind":"left"' not in item:
+        if isinstance(item, EventPayload):
+            event = item.event  # in-process: the view itself
+        elif '"kind":"joined"' in item or '"kind":"left"' in item:
+            event = EventView.from_json(item)
+        else:
             return
-        # In-process the payload is a str subclass holding its view (api.chat.views), which
-        # orjson refuses: parse plain text.
-        message = orjson.loads(str(item))
-        member_id = uuid.UUID(message["member"][0])
-        if message["kind"] == "joined":
+        if event.kind not in (JOINED, LEFT) or event.member is None:
+            return
+        member_id = event.member.id
+        if event.kind == JOINED:
             members.add(member_id)
             return
         members.discard(member_id)

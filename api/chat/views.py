@@ -125,9 +125,13 @@ class EventView:
     def cursor(self) -> str:
         return encode_message_cursor(self.room_id, self.seq)
 
-    def to_json(self) -> str:
+    def payload(self) -> EventPayload:
         """The pub/sub payload: everything a subscriber needs, so delivery reads no database."""
-        return _Payload(self._encode(), self)
+        return EventPayload(self)
+
+    def to_json(self) -> str:
+        """The payload's text, as it travels through a broker."""
+        return self._encode()
 
     def _encode(self) -> str:
         return orjson.dumps(
@@ -145,9 +149,9 @@ class EventView:
         ).decode()
 
     @classmethod
-    def from_json(cls, text: str) -> EventView:
+    def from_json(cls, text: str | EventPayload) -> EventView:
         """Parse a pub/sub payload."""
-        if isinstance(text, _Payload):
+        if isinstance(text, EventPayload):
             return text.event
         raw: dict[str, Any] = orjson.loads(text)
         room_id = uuid.UUID(raw["room"])
@@ -187,18 +191,22 @@ class MemberView:
     read_seq: int = 0
 
 
-class _Payload(str):
-    """A payload that still holds the view it was encoded from. In-process pub/sub hands the
-    same object to the subscriber, which then takes the view instead of parsing the text again
-    (two UUIDs and two timestamps per message); through Redis it is plain text. (orjson refuses
-    str subclasses: whatever else reads a payload parses str(payload).)"""
+class EventPayload:
+    """A pub/sub payload that is still the view it stands for. In-process pub/sub hands this
+    object itself to the subscribers, which take the view: nothing is encoded or parsed (two
+    UUIDs and three timestamps per message). Only what leaves the process, a broker's message,
+    is text: `str(payload)` encodes it, once."""
 
-    event: EventView
+    __slots__ = ("_text", "event")
 
-    def __new__(cls, text: str, event: EventView) -> _Payload:
-        payload = super().__new__(cls, text)
-        payload.event = event
-        return payload
+    def __init__(self, event: EventView) -> None:
+        self.event = event
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = self.event.to_json()
+        return self._text
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -55,6 +55,10 @@ RESYNC: Final = _Marker("RESYNC")
 
 _CLOSED: Final = _Marker("CLOSED")
 
+
+# What is published: text, or an object whose str() is its text (encoded only if it leaves the
+# process: api.chat.views.EventPayload).
+Message = object
 
 _MAX_PENDING_RETRIES = 10_000
 _RETRY_FOR_SECONDS = 60.0
@@ -356,13 +360,16 @@ class PubSub:
         if self._publisher is not None:
             await self._publisher.close()
 
-    async def publish(self, channel: str, message: str) -> bool:
+    async def publish(self, channel: str, message: Message) -> bool:
         """Publish; False when it failed (it is then retried in the background)."""
         return await self.publish_many([(channel, message)])
 
-    async def publish_many(self, messages: list[tuple[str, str]]) -> bool:
+    async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> bool:
         """Publish several messages, in one broker round trip where the broker allows it;
         False when that failed (each is then retried in the background).
+
+        A message is text, or an object whose str() is its text: in-process subscribers get
+        the object itself, and only a broker's message is encoded (api.chat.views.EventPayload).
 
         Publishing does not wait for the listener: its connection may be down and
         reconnecting while the broker itself is fine for everyone else.
@@ -376,17 +383,25 @@ class PubSub:
             return False
         return True
 
-    async def _send(self, messages: list[tuple[str, str]]) -> None:
+    async def _send(self, messages: Sequence[tuple[str, Message]]) -> None:
         if self._publisher is not None:
-            await self._publisher.publish(messages)
+            await self._publisher.publish([(channel, str(text)) for channel, text in messages])
             return
         backend = self._backend
         if backend is None:
             raise ConnectionError("pub/sub is not connected")
+        if isinstance(backend, MemoryBackend):
+            channels = self._channels
+            for channel, message in messages:
+                # In-process, a channel nobody here listens to has no one to reach (a send
+                # publishes to every member's inbox channel, whether or not they are online).
+                if channel in channels:
+                    await backend.publish(channel, message)
+            return
         for channel, message in messages:
-            await backend.publish(channel, message)
+            await backend.publish(channel, str(message))
 
-    def _retry_later(self, channel: str, message: str) -> None:
+    def _retry_later(self, channel: str, message: Message) -> None:
         # Other instances' listeners may be healthy and never resync: without a retry their
         # subscribers would only learn of this message when a later one shows the gap.
         if len(self._retries) >= _MAX_PENDING_RETRIES:
@@ -397,7 +412,7 @@ class PubSub:
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
 
-    async def _retry(self, channel: str, message: str) -> None:
+    async def _retry(self, channel: str, message: Message) -> None:
         delay = self.reconnect_delay
         deadline = asyncio.get_running_loop().time() + _RETRY_FOR_SECONDS
         while asyncio.get_running_loop().time() < deadline:
