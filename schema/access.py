@@ -26,7 +26,7 @@ from typing import Any
 from graphql import OperationDefinitionNode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.core.logs import correlation_id, new_correlation_id
+from api.core.logs import CorrelationIds, correlation_id, new_correlation_id
 
 log = logging.getLogger("chat.access")
 
@@ -48,10 +48,10 @@ class AccessRecord:
         "user_id",
     )
 
-    def __init__(self, transport: str) -> None:
+    def __init__(self, transport: str, correlation: str | None = None) -> None:
         self.transport = transport
         self.started = time.perf_counter()
-        self.correlation = new_correlation_id()
+        self.correlation = correlation or new_correlation_id()
         self.operation = "unknown"
         self.name = ANONYMOUS
         self.outcome = "OK"
@@ -135,9 +135,10 @@ class AccessLoggedEndpoint:
 
     def __init__(self, endpoint: ASGIApp) -> None:
         self.endpoint = endpoint
+        self.ids = CorrelationIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        record = AccessRecord("http")
+        record = AccessRecord("http", self.ids())
         tokens = (_current.set(record), correlation_id.set(record.correlation))
 
         async def sending(message: Message) -> None:

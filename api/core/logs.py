@@ -3,6 +3,7 @@ correlation id; the one place that configures logging for the process."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import logging.config
@@ -24,6 +25,19 @@ correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=No
 def new_correlation_id() -> str:
     """A fresh id (32 hex digits, as clients already see in `extensions.correlationId`)."""
     return secrets.token_hex(16)
+
+
+class CorrelationIds:
+    """Fresh ids for a stream of requests, in the same 32 hex digits: a random half for the
+    process (ids stay unique across instances and restarts) and a counter. An id only has
+    to be unique, not secret, and each random one cost a system call per request."""
+
+    def __init__(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._count) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
 
 # alembic announces each of its plugins at INFO on every migration run: noise at every start.

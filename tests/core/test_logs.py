@@ -200,3 +200,12 @@ async def test_serve_with_json_logs_prints_only_json_lines_and_no_alembic_plugin
     assert (access["operationName"], access["outcome"]) == ("SignUp", "OK")
     # uvicorn's own access line (`POST /graphql 200`) is replaced by this one.
     assert not [entry for entry in entries if entry["logger"] == "uvicorn.access"]
+
+
+def test_correlation_ids_of_requests_are_distinct_and_32_hex_digits() -> None:
+    from api.core.logs import CorrelationIds
+
+    one, other = CorrelationIds(), CorrelationIds()
+    ids = [one() for _ in range(1000)] + [other() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)  # across processes too: each has its own random half
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)
