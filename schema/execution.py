@@ -32,6 +32,7 @@ from graphql import (
     FieldNode,
     GraphQLError,
     GraphQLField,
+    GraphQLID,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
@@ -39,8 +40,10 @@ from graphql import (
     GraphQLResolveInfo,
     GraphQLScalarType,
     GraphQLSchema,
+    GraphQLString,
     OperationDefinitionNode,
     OperationType,
+    VariableNode,
     execute,
     get_argument_values,
     get_variable_values,
@@ -53,7 +56,7 @@ from graphql.execution.get_variable_signature import (
 from graphql.execution.values import VariableValues, VariableValueSource
 from graphql.pyutils import Path, Undefined, gather_with_cancel
 from graphql.type.definition import GraphQLResolveInfoHelpers, is_leaf_type
-from graphql.utilities.coerce_input_value import coerce_input_value
+from graphql.utilities.coerce_input_value import coerce_default_value, coerce_input_value
 from strawberry.execution.is_awaitable import optimized_is_awaitable
 from strawberry.scalars import ID
 from strawberry.schema.schema import (
@@ -314,6 +317,11 @@ def _gather(values: Sequence[Awaitable[Any]]) -> Awaitable[list[Any]]:
 _HELPERS = GraphQLResolveInfoHelpers(gather=_gather, track=_track)
 
 
+# An argument's name, its variable (None: left out), whether it is non-null, and its default
+# (Undefined: none), coerced once: defaults of leaf types are constants of the schema.
+_Argument = tuple[str, str | None, bool, Any]
+
+
 @dataclass(frozen=True, slots=True)
 class RootField:
     """A query or mutation whose only selection is one root field with a resolver, without
@@ -327,9 +335,13 @@ class RootField:
     key: str
     path: Path
     spec: _Spec
-    # Each variable's (name, signature, whether it must be given, whether it is a leaf), or
-    # None when a variable has a default or an invalid type: graphql-core coerces those.
-    variables: tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None
+    # Each variable's (name, signature, whether it must be given, whether it is a leaf, the
+    # Python type its scalar takes unchanged), or None when a variable has a default or an
+    # invalid type: graphql-core coerces those.
+    variables: tuple[tuple[str, GraphQLVariableSignature, bool, bool, type | None], ...] | None
+    # How each argument gets its value, or None when graphql-core works it out (literals,
+    # a required argument left out): see _arguments.
+    arguments: tuple[_Argument, ...] | None
 
     def coerce(self, inputs: dict[str, Any]) -> VariableValues | None:
         """The variables as graphql-core's get_variable_values coerces them, with the
@@ -339,7 +351,7 @@ class RootField:
             return None
         sources: dict[str, VariableValueSource] = {}
         coerced: dict[str, Any] = {}
-        for name, signature, required, leaf in self.variables:
+        for name, signature, required, leaf, native in self.variables:
             value = inputs.get(name, Undefined)
             if value is Undefined:
                 if required:
@@ -349,11 +361,34 @@ class RootField:
             if not leaf:
                 return None  # lists and input objects: graphql-core bounds their nesting
             sources[name] = VariableValueSource(signature, value)
+            if value.__class__ is native:
+                # What String's and ID's parse_value return for a str: the str itself.
+                coerced[name] = value
+                continue
             result = coerce_input_value(value, signature.type)
             if result is Undefined:
                 return None
             coerced[name] = result
         return VariableValues(sources, coerced)
+
+    def argument_values(self, variables: VariableValues) -> dict[str, Any] | None:
+        """The arguments as graphql-core's get_argument_values gives them, when each is a
+        variable or left out; None where it must decide (a null for a non-null argument)."""
+        if self.arguments is None:
+            return None
+        coerced = variables.coerced
+        args: dict[str, Any] = {}
+        for name, variable, required, default in self.arguments:
+            if variable is not None and variable in coerced:
+                value = coerced[variable]
+                if value is None and required:
+                    return None
+                args[name] = value
+            elif default is not Undefined:
+                args[name] = default
+            elif required:
+                return None
+        return args
 
     def info(self, schema: GraphQLSchema, variables: Any, context: Any) -> GraphQLResolveInfo[Any]:
         """The resolve info strawberry's executor would build for this field."""
@@ -468,12 +503,34 @@ def root_field(
     path = Path(None, key, parent_type.name)
     resolve = _direct(field, schema) or field.resolve
     variables = _variables(schema, operation)
-    return RootField(operation, parent_type, field, resolve, node, key, path, spec, variables)
+    arguments = _arguments(field, node)
+    return RootField(
+        operation, parent_type, field, resolve, node, key, path, spec, variables, arguments
+    )
+
+
+def _arguments(field: GraphQLField, node: FieldNode) -> tuple[_Argument, ...] | None:
+    given = {argument.name.value: argument.value for argument in node.arguments or ()}
+    arguments: list[_Argument] = []
+    for name, definition in field.args.items():
+        value = given.pop(name, None)
+        if value is not None and not isinstance(value, VariableNode):
+            return None  # a literal: graphql-core coerces it
+        type_ = definition.type
+        required = isinstance(type_, GraphQLNonNull)
+        if not is_leaf_type(type_.of_type if isinstance(type_, GraphQLNonNull) else type_):
+            return None
+        default = coerce_default_value(definition)
+        if required and value is None and default is Undefined:
+            return None  # validation refuses this; graphql-core reports it
+        variable = value.name.value if value is not None else None
+        arguments.append((definition.out_name or name, variable, required, default))
+    return None if given else tuple(arguments)
 
 
 def _variables(
     schema: GraphQLSchema, operation: OperationDefinitionNode
-) -> tuple[tuple[str, GraphQLVariableSignature, bool, bool], ...] | None:
+) -> tuple[tuple[str, GraphQLVariableSignature, bool, bool, type | None], ...] | None:
     variables = []
     for definition in operation.variable_definitions or ():
         signature = get_variable_signature(schema, definition)
@@ -481,8 +538,10 @@ def _variables(
             return None
         type_ = signature.type
         required = isinstance(type_, GraphQLNonNull)
-        leaf = is_leaf_type(type_.of_type if isinstance(type_, GraphQLNonNull) else type_)
-        variables.append((signature.name, signature, required, leaf))
+        named = type_.of_type if isinstance(type_, GraphQLNonNull) else type_
+        leaf = is_leaf_type(named)
+        native = str if named is GraphQLString or named is GraphQLID else None
+        variables.append((signature.name, signature, required, leaf, native))
     return tuple(variables)
 
 
@@ -562,14 +621,16 @@ async def execute_root_field(
         )
 
     field = root.field
-    try:
-        args = (
-            get_argument_values(field, root.node, coerced)
-            if field.args or root.node.arguments
-            else {}
-        )
-    except Exception:  # noqa: BLE001 - graphql-core reports it, and nothing has run yet
-        return await slowly()
+    args = root.argument_values(coerced)
+    if args is None:
+        try:
+            args = (
+                get_argument_values(field, root.node, coerced)
+                if field.args or root.node.arguments
+                else {}
+            )
+        except Exception:  # noqa: BLE001 - graphql-core reports it, and nothing has run yet
+            return await slowly()
     try:
         value = root.resolve(None, root.info(schema, coerced, context), **args)
         if optimized_is_awaitable(value):

@@ -9,7 +9,13 @@ from typing import Any, cast
 
 import pytest
 import strawberry
-from graphql import GraphQLError, OperationDefinitionNode, get_variable_values, parse
+from graphql import (
+    GraphQLError,
+    OperationDefinitionNode,
+    get_argument_values,
+    get_variable_values,
+    parse,
+)
 
 import schema.http
 from schema.errors import format_errors
@@ -314,3 +320,41 @@ def test_variables_are_coerced_as_graphql_core_coerces_them(inputs: dict[str, An
             assert repr(coerced) == repr(expected)
         else:
             assert "$d" in source or isinstance(expected, list) or "n" in inputs
+
+
+ARGUMENT_DOCUMENTS = [
+    "mutation ($t: String, $n: Int!) { echo(someText: $t, times: $n) { text times } }",
+    "mutation ($t: String) { echo(someText: $t) { text times } }",  # times: its default
+    "mutation { echo { text times } }",
+    'mutation ($n: Int!) { echo(someText: "literal", times: $n) { text } }',
+    "mutation ($s: Int) { touch(size: $s) { size } }",  # a nullable variable, non-null argument
+]
+
+
+@pytest.mark.parametrize("source", ARGUMENT_DOCUMENTS)
+@pytest.mark.parametrize("inputs", [{"t": "x", "n": 3, "s": 1}, {"t": None, "n": 0}, {"s": None}])
+def test_arguments_are_what_graphql_core_gives_or_left_to_it(
+    source: str, inputs: dict[str, Any]
+) -> None:
+    document = parse(source)
+    operation = document.definitions[0]
+    assert isinstance(operation, OperationDefinitionNode)
+    root = root_field(Plans(), SMALL, document, operation)
+    assert root is not None
+    used = {name: value for name, value in inputs.items() if f"${name}" in source}
+    variables = get_variable_values(SMALL, operation.variable_definitions or (), used)
+    if isinstance(variables, list):
+        return  # refused before any argument is read
+    fast = root.argument_values(variables)
+    try:
+        expected: Any = get_argument_values(root.field, root.node, variables)
+    except GraphQLError:
+        expected = None
+    if "literal" in source:
+        assert fast is None  # literals are graphql-core's
+    elif fast is None:
+        # Only what graphql-core refuses is handed back to it.
+        assert expected is None
+    else:
+        assert fast == expected
+        assert type(next(iter(fast.values()), None)) is type(next(iter(expected.values()), None))
