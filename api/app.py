@@ -28,7 +28,7 @@ from api.core.pubsub import PubSub
 from api.core.ratelimit import Limits, RateLimiter, create_storage
 from api.core.security import derive_keys
 from api.core.settings import Settings
-from api.core.tasks import Unfinished
+from api.core.tasks import InCaller, Unfinished
 from api.graphiql import static_app
 from api.middleware import BodyLimitMiddleware, GraphQLRequestGuardMiddleware
 from api.monitoring import Monitoring, metrics_endpoint, websocket_protocol
@@ -120,6 +120,7 @@ def _build_state(
         sessions=SessionCache(ttl=settings.session_cache_ttl),
         directory=UserDirectory(),
         unfinished=Unfinished(),
+        in_caller=InCaller(),
         session_registry=user_sessions.SessionRegistry(
             db=db, pubsub=pubsub, verify_for=settings.session_verify_timeout
         ),

@@ -13,7 +13,7 @@ from api.core.pubsub import PubSub
 from api.core.ratelimit import RateLimiter
 from api.core.security import Keys
 from api.core.settings import Settings
-from api.core.tasks import Unfinished
+from api.core.tasks import InCaller, Unfinished
 from api.users.cache import SessionCache, TokenCache, UserDirectory
 from api.users.passwords import PasswordHasher
 from api.users.sessions import SessionRegistry
@@ -33,6 +33,8 @@ class AppState:
     sessions: SessionCache
     directory: UserDirectory
     unfinished: Unfinished
+    # The same for callers that are never cancelled mid-way (HTTP requests): Context.unfinished.
+    in_caller: InCaller
     # Every socket of the process by session, closed when its session ends.
     session_registry: SessionRegistry
     # Read positions not yet written (api.chat.reads) and typing/presence (api.chat.signals).

@@ -359,7 +359,7 @@ async def _send_options(info: Info) -> dict[str, Any]:
     return {
         "db": state.db,
         "pubsub": state.pubsub,
-        "unfinished": state.unfinished,
+        "unfinished": info.context.unfinished,
         "sender": auth.user,
         "max_length": state.settings.message_max_length,
         "limiter": state.limiter,

@@ -14,6 +14,7 @@ from strawberry.types import Info as StrawberryInfo
 
 from api.chat.reads import unread_counts
 from api.core.errors import BadUserInput, Unauthenticated
+from api.core.tasks import Unfinished
 from api.state import AppState
 from api.users import service as users
 from api.users.service import IssuedSession
@@ -48,6 +49,14 @@ class Context:
     @property
     def is_websocket(self) -> bool:
         return isinstance(self.request, WebSocket)
+
+    @property
+    def unfinished(self) -> Unfinished:
+        """Where work that must not stop halfway (a send between its commit and its publish)
+        runs. A WebSocket operation is cancelled when its socket closes, so such work gets a
+        task of its own; an HTTP request is never cancelled mid-way (api.core.tasks.InCaller)."""
+        state = self.state
+        return state.unfinished if self.is_websocket else state.in_caller
 
     @property
     def viewer_id(self) -> uuid.UUID | None:

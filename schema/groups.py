@@ -20,7 +20,7 @@ async def _common(info: Info) -> dict[str, Any]:
     return {
         "db": state.db,
         "pubsub": state.pubsub,
-        "unfinished": state.unfinished,
+        "unfinished": info.context.unfinished,
         "directory": state.directory,
         "user": auth.user,
     }

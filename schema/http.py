@@ -183,7 +183,7 @@ class GraphQLHTTPEndpoint:
             await _plain(send, 413, f"Request body too large (limit {self.max_body_bytes} bytes).")
             return
         modern = GRAPHQL_RESPONSE_JSON in head.accept
-        cookies = Response()
+        cookies = _Cookies()
         seen = _Seen(scope["app"].state.chat.monitoring)
         try:
             query, variables, operation_name = _request_parts(_decode_body(body))
@@ -326,6 +326,15 @@ class GraphQLHTTPEndpoint:
                 return _RequestError(result.errors)
             format_errors(result.errors)
         return result
+
+
+class _Cookies(Response):
+    """Where resolvers set cookies (Context.response: set_cookie, delete_cookie); only its
+    set-cookie headers are sent. A Response's own constructor (status, body, media type,
+    header list) is work every request would pay for what a sign-in alone uses."""
+
+    def __init__(self) -> None:
+        self.raw_headers = []
 
 
 class _Seen:
