@@ -101,7 +101,7 @@ def _build_state(
 ) -> AppState:
     """The app's caches, hub and the rest, around its database and pub/sub."""
     from schema import document_rules
-    from schema.chat import MessageType
+    from schema.chat import SharedMessageTypes
     from schema.documents import Documents
     from schema.execution import Plans
     from schema.hub import Hub
@@ -145,7 +145,7 @@ def _build_state(
         db=db,
         pubsub=pubsub,
         directory=state.directory,
-        to_message=MessageType.from_view,
+        to_message=SharedMessageTypes(),
         to_event=event_type,
         to_signal=signal_type,
         signals=state.signals,

@@ -133,6 +133,25 @@ class MessageType:
         )
 
 
+class SharedMessageTypes:
+    """MessageType.from_view, keeping the last conversion: a send's response and its live
+    delivery (the hub, on the next turn of the loop) convert the same message view one after
+    the other, and both only read the object. Built with the app (the hub's `to_message`)."""
+
+    __slots__ = ("_type", "_view")
+
+    def __init__(self) -> None:
+        self._view: MessageView | None = None
+        self._type: MessageType | None = None
+
+    def __call__(self, view: MessageView) -> MessageType:
+        if view is self._view and self._type is not None:
+            return self._type
+        converted = MessageType.from_view(view)
+        self._view, self._type = view, converted
+        return converted
+
+
 @strawberry.type(name="Membership")
 class MembershipType:
     user: UserType
@@ -386,7 +405,9 @@ class ChatMutation:
             client_message_id=given(client_message_id),
             **options,
         )
-        return MessageType.from_view(message)
+        # The same object its delivery will take (SharedMessageTypes).
+        converted: MessageType = info.context.state.hub.to_message(message)
+        return converted
 
     @strawberry.mutation(description="Sends to the direct room with `to`.")
     async def send_direct_message(
@@ -406,7 +427,8 @@ class ChatMutation:
             client_message_id=given(client_message_id),
             **options,
         )
-        return MessageType.from_view(message)
+        converted: MessageType = info.context.state.hub.to_message(message)
+        return converted
 
 
 @strawberry.type

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from api.core import security
-from api.core.db import Database, utcnow
+from api.core.db import Database, parse_uuid, utcnow
 from api.core.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from api.core.pubsub import RESYNC, PubSub
 from api.core.ratelimit import RateLimiter
@@ -233,8 +233,9 @@ def _verified(cookie_value: str, *, keys: Keys, tokens: TokenCache | None) -> Ve
         try:
             token = VerifiedToken(
                 claims=claims,
-                session_id=uuid.UUID(claims.session_id),
-                user_id=uuid.UUID(claims.user_id),
+                # The driver's UUID type: looked up and compared on every request.
+                session_id=parse_uuid(claims.session_id),
+                user_id=parse_uuid(claims.user_id),
             )
         except ValueError as error:
             raise Unauthenticated() from error

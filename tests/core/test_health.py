@@ -30,3 +30,12 @@ async def test_healthz_answers_503_when_the_database_is_unreachable(
             await browser.aclose()
     assert response.status_code == 503
     assert response.json()["status"] != "ok"
+
+
+async def test_responses_do_not_name_the_server_but_carry_a_date(client: GraphQLClient) -> None:
+    for response in (
+        await client.http.get("/healthz"),
+        await client.http.post("/graphql", json={"query": "{ __typename }"}),
+    ):
+        assert "server" not in response.headers
+        assert "date" in response.headers
