@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from graphql import OperationDefinitionNode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.core.logs import CorrelationIds, correlation_id, new_correlation_id
 
@@ -123,11 +123,13 @@ def note_operation(node: OperationDefinitionNode | None, context: Any) -> None:
         record.context = context
 
 
-def note_response(payload: dict[str, Any]) -> None:
-    """The endpoint answers with this payload."""
+def note_response(status: int, payload: dict[str, Any] | None = None) -> None:
+    """The endpoint answers with this status and payload (None: a plain-text refusal)."""
     record = _current.get()
-    if record is not None and "errors" in payload:
-        record.failed(payload["errors"])
+    if record is not None:
+        record.status = status
+        if payload is not None and "errors" in payload:
+            record.failed(payload["errors"])
 
 
 class AccessLoggedEndpoint:
@@ -140,14 +142,9 @@ class AccessLoggedEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = AccessRecord("http", self.ids())
         tokens = (_current.set(record), correlation_id.set(record.correlation))
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
-
         try:
-            await self.endpoint(scope, receive, sending)
+            # The endpoint notes its status (note_response): no wrapper around every send.
+            await self.endpoint(scope, receive, send)
         finally:
             if record.status is not None and record.status >= 500 and record.outcome == "OK":
                 record.outcome = "INTERNAL_SERVER_ERROR"

@@ -184,11 +184,12 @@ class GraphQLHTTPEndpoint:
             return
         modern = GRAPHQL_RESPONSE_JSON in head.accept
         cookies = _Cookies()
-        seen = _Seen(scope["app"].state.chat.monitoring)
+        state: AppState = scope["app"].state.chat
+        seen = _Seen(state.monitoring)
         try:
             query, variables, operation_name = _request_parts(_decode_body(body))
             result = await self._execute(
-                scope, receive, head, cookies, query, variables, operation_name, seen
+                scope, receive, state, head, cookies, query, variables, operation_name, seen
             )
         except BadRequest as error:
             failed = {"errors": [{"message": str(error), "extensions": {"code": "BAD_REQUEST"}}]}
@@ -255,6 +256,7 @@ class GraphQLHTTPEndpoint:
         self,
         scope: Scope,
         receive: Receive,
+        state: AppState,
         head: _Head,
         cookies: Response,
         query: str,
@@ -262,7 +264,6 @@ class GraphQLHTTPEndpoint:
         operation_name: str | None,
         seen: _Seen,
     ) -> ExecutionResult | _RequestError:
-        state: AppState = scope["app"].state.chat
         documents = state.documents
         prepared = documents.prepare(query)
         if prepared.errors is not None:
@@ -394,6 +395,7 @@ def _credential(head: _Head, cookie_name: str) -> str | None:
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
+    note_response(status)
     body = text.encode()
     headers = [
         (b"content-type", b"text/plain; charset=utf-8"),
@@ -411,7 +413,7 @@ async def _respond(
     cookies: Response,
     extra: list[tuple[bytes, bytes]],
 ) -> None:
-    note_response(payload)
+    note_response(status, payload)
     body = _encode(payload)
     media = GRAPHQL_RESPONSE_JSON if modern else APPLICATION_JSON
     headers = [
