@@ -224,3 +224,37 @@ class CpuMeter:
             # CPU the hypervisor gave to other guests (a busy host).
             "steal_cpu_pct": 100 * steal / wall if wall else 0.0,
         }
+
+
+def set_affinity(pid: int, cpus: set[int]) -> dict[int, set[int]]:
+    """Pin every thread of a process to `cpus`; returns each thread's previous set (to
+    restore). Threads it starts later inherit the set of the thread that starts them."""
+    previous: dict[int, set[int]] = {}
+    try:
+        tasks = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return previous
+    for tid in tasks:
+        try:
+            previous[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            continue
+    return previous
+
+
+def restore_affinity(previous: dict[int, set[int]]) -> None:
+    for tid, cpus in previous.items():
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            continue
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """(the servers' cores, everything else's) for --pin: the last core for the servers under
+    test, the others for the generator, PostgreSQL and Redis; None with a single core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])

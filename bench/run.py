@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "backends (e.g. -10, as root) on a machine shared with other work",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="servers under test on the last core; the generator, PostgreSQL and Redis on the "
+        "others (every stack alike; affinities restored at the end): the server's CPU per "
+        "operation without the others' work on its core",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the servers during each sweep (pip install py-spy)",
@@ -279,6 +286,11 @@ def _meta(args: argparse.Namespace, config: Config, stack: Stack) -> dict[str, A
         },
         "nofile_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
         "nice": args.nice,
+        "pin": (
+            {"servers": sorted(stack.cpus[0]), "others": sorted(stack.cpus[1])}
+            if stack.cpus is not None
+            else None
+        ),
         "argv": sys.argv[1:],
         "node": _node_version(),
     }
@@ -632,6 +644,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         workdir=out_dir,
         keep_db=args.keep_db,
         nice=args.nice,
+        pin=args.pin,
         shared_dir=args.shared_dir,
         yoga_dir=args.yoga_dir,
     )
@@ -639,6 +652,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     print(f"setting up {args.stack} ...", flush=True)
     await stack.setup()
+    stack.pin_others()
     ctx = Context(
         stack=stack,
         config=config,
@@ -668,6 +682,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             report["targets"] = targets(report["scenarios"])
             out.write_text(json.dumps(report, indent=1, default=str))
     finally:
+        stack.unpin_others()
         await stack.teardown()
     report["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     if stack.yoga is not None or stack.yoga_unavailable:

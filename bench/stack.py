@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 from bench.loadgen import Endpoint
+from bench.procs import split_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,8 +102,14 @@ class Server:
             await asyncio.to_thread(self.process.wait)
 
 
-def _spawn(argv: list[str], env: dict[str, str], cwd: str | None, log: Path) -> Any:
-    """Start a server process (returns at once) with its output in a log file."""
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: str | None, log: Path, cpus: set[int] | None = None
+) -> Any:
+    """Start a server process (returns at once) with its output in a log file, on `cpus`
+    when given (taskset sets them before the program starts, so all its threads inherit them;
+    it execs the program, which keeps the pid)."""
+    if cpus is not None:
+        argv = ["taskset", "--cpu-list", ",".join(str(cpu) for cpu in sorted(cpus)), *argv]
     with open(log, "wb") as handle:
         return subprocess.Popen(argv, env=env, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
 
@@ -119,6 +126,7 @@ class Stack:
         workdir: Path,
         keep_db: bool = False,
         nice: int = 0,
+        pin: bool = False,
         shared_dir: Path | None = None,
         yoga_dir: Path | None = None,
     ) -> None:
@@ -130,6 +138,9 @@ class Stack:
         self.workdir = workdir
         self.keep_db = keep_db
         self.nice = nice
+        # --pin: (servers' cores, the rest's); the database's and broker's previous affinity.
+        self.cpus = split_cpus() if pin else None
+        self._pinned: dict[int, set[int]] = {}
         self.db_name = ""
         self.database_url = ""
         self.sqlite_path: Path | None = None
@@ -161,6 +172,27 @@ class Stack:
     def infra_filter(self) -> dict[str, str]:
         """Only this run's PostgreSQL backends (others' tests may share the server)."""
         return {"postgres": f" {self.db_name} "} if self.db_name else {}
+
+    @property
+    def server_cpus(self) -> set[int] | None:
+        return self.cpus[0] if self.cpus is not None else None
+
+    def pin_others(self) -> None:
+        """--pin: this process (the generator), PostgreSQL and Redis on the cores the servers do
+        not use (PostgreSQL's backends inherit it from the postmaster), until unpin_others."""
+        if self.cpus is None:
+            return
+        from bench.procs import pids_named, set_affinity
+
+        rest = self.cpus[1]
+        for pid in [os.getpid(), *pids_named("postgres", "redis-server")]:
+            self._pinned.update(set_affinity(pid, rest))
+
+    def unpin_others(self) -> None:
+        from bench.procs import restore_affinity
+
+        restore_affinity(self._pinned)
+        self._pinned.clear()
 
     def renice_database(self, kind: str = "app") -> int:
         """Give this run's PostgreSQL backends the bench priority (those open now)."""
@@ -361,7 +393,9 @@ class Stack:
             gc_path = None
             if kind == "yoga":
                 env = self.yoga_env(port)
-                process = _spawn(self.yoga.argv(), env, str(self.yoga.directory), log_path)
+                process = _spawn(
+                    self.yoga.argv(), env, str(self.yoga.directory), log_path, self.server_cpus
+                )
                 if self.nice:
                     with contextlib.suppress(OSError):
                         os.setpriority(os.PRIO_PROCESS, process.pid, self.nice)
@@ -408,7 +442,7 @@ class Stack:
             if kind == "app":
                 gc_path = log_path.with_suffix(".gc.json")
                 env["BENCH_GC_PAUSES"] = str(gc_path)
-            process = _spawn(argv, env, self._tmp, log_path)
+            process = _spawn(argv, env, self._tmp, log_path, self.server_cpus)
             server = Server(
                 kind=kind, port=port, process=process, log_path=log_path, env=env, gc_path=gc_path
             )
