@@ -10,19 +10,18 @@ it; the next signal, or a resubscription, brings it the current state.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from api.chat.signals import SignalView
 from schema.shapes import Shape
-from schema.sinks import Operation, Socket
+from schema.sinks import Operation, Socket, Stream
 
 if TYPE_CHECKING:
     from schema.hub import Hub
 
 
-class SignalSink:
+class SignalSink(Stream):
     """One roomSignals subscription: a listener of api.chat.signals that writes frames."""
 
     def __init__(
@@ -35,6 +34,7 @@ class SignalSink:
         user_id: uuid.UUID,
         member_ids: list[uuid.UUID],
     ) -> None:
+        super().__init__()
         self.hub = hub
         self.operation = operation
         self.socket: Socket = operation.socket
@@ -44,8 +44,6 @@ class SignalSink:
         self.member_ids = member_ids
         self.prefix = operation.socket.prefix(operation.id)
         self.key = shape.key(operation.variables, operation.context)
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_end: Any = None
         self.dropped = 0
         self.listening = False
 
@@ -56,15 +54,3 @@ class SignalSink:
         payload = self.hub.signal_payload(self, signal)
         if payload is None or not self.socket.write(self.prefix + payload + b"}"):
             self.dropped += 1
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Finish the subscription: with an error (sent as the stream's last result), or not."""
-        if self.done.done():
-            return
-        if error is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(error)
-            self.done.exception()  # retrieved: the handler reports it
-        if self.on_end is not None:
-            self.on_end(self, error)

@@ -178,7 +178,33 @@ class Socket:
         self._pending.clear()
 
 
-class Sink:
+class Stream:
+    """What every subscription the hub serves has: the future its handler waits on, and how it
+    ends (messages: Sink; signals: schema.signal_sinks.SignalSink)."""
+
+    done: asyncio.Future[None]
+    # Set when it is served without a task of its own (schema.subscriptions): called once it
+    # ends, with the error if any.
+    on_end: Callable[[Any, BaseException | None], None] | None
+
+    def __init__(self) -> None:
+        self.done = asyncio.get_running_loop().create_future()
+        self.on_end = None
+
+    def end(self, error: BaseException | None = None) -> None:
+        """Finish the subscription: with an error (sent as the stream's last result), or not."""
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+            self.done.exception()  # retrieved: the handler reports it
+        if self.on_end is not None:
+            self.on_end(self, error)
+
+
+class Sink(Stream):
     """One subscription: where its frames go, and how far it has delivered."""
 
     def __init__(
@@ -191,6 +217,7 @@ class Sink:
         user_id: uuid.UUID,
         events: bool,
     ) -> None:
+        super().__init__()
         self.hub = hub
         self.operation = operation
         self.user_id = user_id
@@ -203,8 +230,6 @@ class Sink:
         self.prefix = operation.socket.prefix(operation.id)
         self.key = shape.key(operation.variables, operation.context)
         self.live = False
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_end: Callable[[Sink, BaseException | None], None] | None = None
         self._refilling: asyncio.Task[None] | None = None
         self._refill_again = False
 
@@ -299,20 +324,6 @@ class Sink:
                     self.passed(event)
             if len(chunk) < REFILL_CHUNK:
                 return not (self.socket.behind or self.done.done())
-
-    def end(self, error: BaseException | None = None) -> None:
-        """Finish the subscription: with an error (sent as the stream's last result), or not."""
-        if self.done.done():
-            return
-        if error is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(error)
-        if self.on_end is not None:
-            # Served without a task of its own (schema.ws): its handler finishes the stream.
-            if error is not None:
-                self.done.exception()  # retrieved: nobody awaits this future
-            self.on_end(self, error)
 
     def close(self) -> None:
         self.live = False

@@ -13,6 +13,9 @@ def test_a_parsed_id_equals_and_hashes_as_the_standard_uuid() -> None:
     standard = uuid.uuid4()
     parsed = parse_uuid(str(standard))
     assert isinstance(parsed, uuid.UUID)
+    # The driver's C type (what asyncpg gives for UUID columns), not the pure-Python class.
+    assert type(parsed) is not uuid.UUID
+    assert type(parsed).__str__ is not uuid.UUID.__str__
     assert parsed == standard and standard == parsed
     assert hash(parsed) == hash(standard)
     assert {standard: "found"}[parsed] == "found"

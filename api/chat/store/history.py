@@ -45,6 +45,24 @@ LEFT JOIN LATERAL (
 _PAGE_BACKWARD = _PAGE_FORWARD.replace("ORDER BY messages.seq ASC", "ORDER BY messages.seq DESC")
 
 
+def _bounds(after_seq: int | None, before_seq: int | None) -> tuple[int, int]:
+    """The open interval of seqs a page is taken from."""
+    low = after_seq if after_seq is not None else 0
+    high = before_seq if before_seq is not None else NO_SEQ_LIMIT
+    return low, high
+
+
+async def _page_records(db: Database, sql: str, *args: Any) -> tuple[Position | None, list[Any]]:
+    """One page statement on PostgreSQL (room, user, low, high, size): the room's position for
+    the user (every row carries it; an outsider's or an empty page still has one row) and the
+    rows."""
+    assert db.pg is not None
+    records = await db.pg.fetch(sql, *args)
+    if not records:
+        return None, []
+    return Position(records[0]["last_seq"], records[0]["is_member"]), records
+
+
 async def page(
     db: Database,
     *,
@@ -57,15 +75,10 @@ async def page(
 ) -> tuple[Position | None, list[MessageRow]]:
     """The room's position for the user and up to `size` messages strictly between the seqs,
     oldest first when `forward`, newest first otherwise. No messages for outsiders."""
-    low = after_seq if after_seq is not None else 0
-    high = before_seq if before_seq is not None else NO_SEQ_LIMIT
+    low, high = _bounds(after_seq, before_seq)
     if db.pg is not None:
-        records = await db.pg.fetch(
-            _PAGE_FORWARD if forward else _PAGE_BACKWARD, room_id, user_id, low, high, size
-        )
-        if not records:
-            return None, []
-        where = Position(records[0]["last_seq"], records[0]["is_member"])
+        sql = _PAGE_FORWARD if forward else _PAGE_BACKWARD
+        where, records = await _page_records(db, sql, room_id, user_id, low, high, size)
         return where, [message_from_record(r) for r in records if r["id"] is not None]
     found = await position(db, room_id=room_id, user_id=user_id)
     if found is None or not found.is_member or not size:
@@ -190,20 +203,10 @@ async def events_page(
     forward: bool,
 ) -> tuple[Position | None, list[EventRow]]:
     """Like `page`, over every entry of the log."""
-    low = after_seq if after_seq is not None else 0
-    high = before_seq if before_seq is not None else NO_SEQ_LIMIT
+    low, high = _bounds(after_seq, before_seq)
     if db.pg is not None:
-        records = await db.pg.fetch(
-            _EVENTS_PAGE_FORWARD if forward else _EVENTS_PAGE_BACKWARD,
-            room_id,
-            user_id,
-            low,
-            high,
-            size,
-        )
-        if not records:
-            return None, []
-        where = Position(records[0]["last_seq"], records[0]["is_member"])
+        sql = _EVENTS_PAGE_FORWARD if forward else _EVENTS_PAGE_BACKWARD
+        where, records = await _page_records(db, sql, room_id, user_id, low, high, size)
         return where, [_event(r) for r in records if r["e_seq"] is not None]
     found = await position(db, room_id=room_id, user_id=user_id)
     if found is None or not found.is_member or not size:
